@@ -1,0 +1,72 @@
+"""Private: multilinear ("hat") basis on a vertex-centred control grid of [0,1]^d.
+
+The control grid has ``size[a]`` ≥ 2 equispaced vertices per axis a, including 0 and 1. A
+function stored by its values at the vertices is evaluated anywhere by multilinear
+interpolation, which reproduces constants and functions affine in each coordinate exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def control_nodes(size: tuple[int, ...], dtype=torch.float64, device="cpu") -> torch.Tensor:
+    """Vertices of the control grid, shape ``(prod(size), d)``, row-major order."""
+    axes = [torch.linspace(0.0, 1.0, k, dtype=dtype, device=device) for k in size]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1)
+
+
+def _hat_1d(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Values of the k hat functions on [0,1] at points x: shape ``(len(x), k)``."""
+    idx = torch.arange(k, dtype=x.dtype, device=x.device)
+    return torch.clamp(1.0 - torch.abs(x[:, None] * (k - 1) - idx[None, :]), min=0.0)
+
+
+def hat_matrix(nodes: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Interpolation matrix P with ``P[i, c] = φ_c(x_i)``; shape ``(N, prod(size))``.
+
+    ``f(x_i) = Σ_c P[i, c] f_c`` for a function with vertex values ``f_c``.
+    """
+    x = torch.clamp(nodes, 0.0, 1.0)
+    P = _hat_1d(x[:, 0], size[0])
+    for a in range(1, len(size)):
+        Pa = _hat_1d(x[:, a], size[a])
+        P = (P[:, :, None] * Pa[:, None, :]).reshape(P.shape[0], -1)
+    return P
+
+
+def mass_matrix_1d(k: int, dtype=torch.float64) -> torch.Tensor:
+    """Exact L²(0,1) Gram matrix of the k hat functions (tridiagonal)."""
+    h = 1.0 / (k - 1)
+    M = np.zeros((k, k))
+    for i in range(k - 1):
+        M[i, i] += h / 3
+        M[i + 1, i + 1] += h / 3
+        M[i, i + 1] += h / 6
+        M[i + 1, i] += h / 6
+    return torch.as_tensor(M, dtype=dtype)
+
+
+def mass_matrix(size: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    """Exact L²([0,1]^d) Gram matrix of the tensor-product hat basis."""
+    M = mass_matrix_1d(size[0], dtype)
+    for a in range(1, len(size)):
+        M = torch.kron(M, mass_matrix_1d(size[a], dtype))
+    return M
+
+
+def prolong_1d(k_from: int, k_to: int, dtype=torch.float64) -> torch.Tensor:
+    """Matrix (k_to × k_from) evaluating a k_from-vertex piecewise-linear function at the
+    k_to vertices of a finer grid (exact when (k_to − 1) is a multiple of (k_from − 1))."""
+    x = torch.linspace(0.0, 1.0, k_to, dtype=dtype)
+    return _hat_1d(x, k_from)
+
+
+def prolong(size_from: tuple[int, ...], size_to: tuple[int, ...], dtype=torch.float64):
+    """Tensor-product prolongation matrix between control grids (``prod(size_to) × prod(size_from)``)."""
+    P = prolong_1d(size_from[0], size_to[0], dtype)
+    for a in range(1, len(size_from)):
+        P = torch.kron(P, prolong_1d(size_from[a], size_to[a], dtype))
+    return P

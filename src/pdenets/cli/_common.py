@@ -1,0 +1,102 @@
+"""Private helpers shared by CLI commands: JSON output, atomic output directories, inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PdenetsError
+
+
+def emit(args, payload: dict, text: str) -> None:
+    """Print exactly one JSON object (``--json``) or the human-readable ``text``."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, default=_jsonable))
+    else:
+        print(text)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def add_json_flag(p) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``out`` atomically.
+
+    On any exception the temporary directory is removed and ``out`` is left untouched, so a
+    failed command never leaves a directory that looks complete.
+    """
+    out = Path(out)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as e:
+        raise PdenetsError(f"cannot write output directory {str(out)!r}: {e.strerror}") from None
+    try:
+        yield tmp
+        if out.exists():
+            if not overwrite:
+                raise PdenetsError(f"output directory {str(out)!r} already exists")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:
+    """Load a numeric array from ``.npy``, ``.npz`` (first array, or key ``x``/``X``),
+    ``.csv`` or ``.txt``; reject non-numeric and non-finite data with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise PdenetsError(f"{name} file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if not keys:
+                    raise PdenetsError(f"{name} file {str(path)!r} holds no arrays")
+                key = next((k for k in ("x", "X", "inputs") if k in keys), keys[0])
+                arr = z[key]
+        else:
+            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    except PdenetsError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise PdenetsError(f"cannot read {name} file {str(path)!r}: {e}") from None
+    if not np.issubdtype(arr.dtype, np.number):
+        raise PdenetsError(f"{name} file {str(path)!r} is not numeric (dtype {arr.dtype})")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise PdenetsError(f"{name} file {str(path)!r} contains NaN or Inf")
+    return arr
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

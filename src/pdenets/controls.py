@@ -1,0 +1,321 @@
+"""Controls θ = (w, b) as functions of (x, y, t), independent of the discretization (MODEL.md §1–2).
+
+The controls of the continuum network are a weight kernel w(x, y, t) on Ω × Ω × [0, T] and a bias
+field b(x, t) on Ω × [0, T]. They are *functions*: a discretization evaluates them at its own
+width nodes and depth stages (:meth:`Controls.discretize`), so one set of controls runs at any
+width N and any number of steps S (discretization invariance, MODEL.md §2).
+
+Two representations are provided:
+
+:class:`GridControls` (learnable)
+    Values on a vertex-centred control grid of ``size`` vertices per axis in x (and in y),
+    multilinear interpolation in space; in depth either piecewise constant on ``intervals``
+    equal intervals (``time_basis="constant"``, the weight-tied-per-block ResNet) or piecewise
+    linear between ``intervals + 1`` knots (``time_basis="linear"``). Constants and functions
+    affine in each of x, y (and, for the linear basis, in t) are represented exactly.
+:class:`FunctionControls` (fixed)
+    Exact Python callables ``w(x, y, t)`` and ``b(x, t)``, evaluated at every stage; used for
+    verification against analytic solutions.
+
+The discretized object (:class:`KernelSchedule`) returns, for a depth t inside a step
+[t0, t1], the matrix ``A(t)[i, j] = w(x_i, x_j, t) ω_j`` and the vector ``b(x_i, t)``, so that
+the integral ∫ w(x_i, y, t) u(y) dy is the matrix product ``u @ A(t).T`` (cost O(B N²)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import _basis
+from ._checks import check_choice, check_finite, check_positive
+from .errors import PdenetsError
+from .quadrature import Grid
+
+TIME_BASES = ("constant", "linear")
+
+WFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+BFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class KernelSchedule:
+    """Controls evaluated on a width grid, as a function of depth (see module docstring)."""
+
+    #: depths at which the controls may jump (step boundaries should include them)
+    breakpoints: tuple[float, ...] = ()
+
+    def at(self, t: float, t0: float, t1: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(A(t), b(t))`` for a stage at depth t of the step [t0, t1]."""
+        raise NotImplementedError
+
+    def norms(self, t: float, t0: float, t1: float) -> float:
+        """Operator norm (spectral norm) of the discretized integral operator at depth t, as a
+        map of L²_ω (the grid's weighted L²) to itself (used by the Gronwall bound, §3)."""
+        A, _ = self.at(t, t0, t1)
+        w = self._weights
+        s = torch.sqrt(w)
+        # L²_ω operator norm of A equals the spectral norm of diag(√ω) A diag(1/√ω)
+        return float(torch.linalg.matrix_norm(s[:, None] * A / s[None, :], ord=2))
+
+
+class _KnotSchedule(KernelSchedule):
+    """Piecewise-constant or piecewise-linear interpolation between knot matrices."""
+
+    def __init__(self, A: torch.Tensor, b: torch.Tensor, T: float, basis: str, weights):
+        self.A, self.b, self.T, self.basis = A, b, T, basis
+        self.intervals = A.shape[0] if basis == "constant" else A.shape[0] - 1
+        self.delta = T / self.intervals
+        self._weights = weights
+        self.breakpoints = tuple(k * self.delta for k in range(1, self.intervals))
+
+    def index(self, t: float, t0: float, t1: float) -> tuple[int, float]:
+        """Knot index k and weight s with value ``(1 − s) V_k + s V_{k+1}`` at depth t."""
+        if self.basis == "constant":
+            k = int(math.floor(0.5 * (t0 + t1) / self.delta))
+            return min(max(k, 0), self.intervals - 1), 0.0
+        tau = t / self.delta
+        k = min(max(int(math.floor(tau)), 0), self.intervals - 1)
+        return k, tau - k
+
+    def at(self, t, t0, t1):
+        k, s = self.index(t, t0, t1)
+        if s == 0.0:
+            return self.A[k], self.b[k]
+        if s == 1.0:
+            return self.A[k + 1], self.b[k + 1]
+        return torch.lerp(self.A[k], self.A[k + 1], s), torch.lerp(self.b[k], self.b[k + 1], s)
+
+
+class _FunctionSchedule(KernelSchedule):
+    def __init__(self, w_fn: WFn, b_fn: BFn, grid: Grid, time_dependent: bool):
+        self.w_fn, self.b_fn, self.grid = w_fn, b_fn, grid
+        self.time_dependent = time_dependent
+        self._weights = grid.weights
+        self._cache: tuple[float, torch.Tensor, torch.Tensor] | None = None
+
+    def at(self, t, t0, t1):
+        key = float(t) if self.time_dependent else 0.0
+        if self._cache is None or self._cache[0] != key:
+            x = self.grid.nodes
+            W = self.w_fn(x[:, None, :], x[None, :, :], key)
+            W = torch.as_tensor(W, dtype=x.dtype, device=x.device) * torch.ones(
+                x.shape[0], x.shape[0], dtype=x.dtype, device=x.device
+            )
+            b = torch.as_tensor(self.b_fn(x, key), dtype=x.dtype, device=x.device)
+            b = b * torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            self._cache = (key, W * self.grid.weights[None, :], b)
+        return self._cache[1], self._cache[2]
+
+
+class Controls(nn.Module):
+    """Base class of control representations θ = (w, b) (MODEL.md §1–2)."""
+
+    dim: int
+    T: float
+
+    def discretize(self, grid: Grid) -> KernelSchedule:
+        """Evaluate the controls on the nodes of ``grid`` (see :class:`KernelSchedule`)."""
+        raise NotImplementedError
+
+
+class GridControls(Controls):
+    """Learnable controls on a control grid (see the module docstring).
+
+    Parameters
+    ----------
+    dim : int
+        Dimension d of Ω (1 or 2).
+    size : int or tuple of int
+        Control-grid vertices per axis (≥ 2), so w has ``prod(size)²`` values per knot.
+    intervals : int
+        Number M of depth intervals of the control (≥ 1).
+    T : float
+        Final depth.
+    time_basis : {"linear", "constant"}
+        Piecewise-linear (M + 1 knots) or piecewise-constant (M values) in depth.
+    w, b : torch.Tensor, optional
+        Initial knot values, shapes ``(K, Nc, Nc)`` and ``(K, Nc)`` with K = M (+1 for linear)
+        and Nc = prod(size). Zeros if omitted.
+    dtype : torch.dtype
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        size: int | tuple[int, ...],
+        intervals: int,
+        T: float = 1.0,
+        time_basis: str = "linear",
+        w: torch.Tensor | None = None,
+        b: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> None:
+        super().__init__()
+        if dim not in (1, 2):
+            raise PdenetsError(f"controls: dimension must be 1 or 2, got {dim!r}")
+        self.dim = dim
+        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dim
+        if len(self.size) != dim or any(int(k) < 2 for k in self.size):
+            raise PdenetsError(f"controls: size must give >= 2 vertices per axis, got {size!r}")
+        self.size = tuple(int(k) for k in self.size)
+        check_positive(intervals, "controls: intervals", integer=True)
+        check_positive(T, "T")
+        self.intervals = int(intervals)
+        self.T = float(T)
+        self.time_basis = check_choice(time_basis, TIME_BASES, "time basis")
+        K = self.n_knots
+        Nc = self.n_control
+        self.w = nn.Parameter(self._init(w, (K, Nc, Nc), "w", dtype))
+        self.b = nn.Parameter(self._init(b, (K, Nc), "b", dtype))
+
+    @staticmethod
+    def _init(v, shape, name, dtype) -> torch.Tensor:
+        if v is None:
+            return torch.zeros(shape, dtype=dtype)
+        v = torch.as_tensor(v, dtype=dtype)
+        if tuple(v.shape) != tuple(shape):
+            raise PdenetsError(
+                f"controls: {name} has shape {tuple(v.shape)}, expected {tuple(shape)}"
+            )
+        return check_finite(v.detach().clone(), f"controls.{name}")
+
+    @property
+    def n_knots(self) -> int:
+        """Number K of depth knots (M for constant, M + 1 for linear)."""
+        return self.intervals + (1 if self.time_basis == "linear" else 0)
+
+    @property
+    def n_control(self) -> int:
+        """Number Nc of control-grid vertices."""
+        return math.prod(self.size)
+
+    def knot_times(self) -> torch.Tensor:
+        """Depths of the knots: interval midpoints (constant) or interval ends (linear)."""
+        d = self.T / self.intervals
+        if self.time_basis == "constant":
+            return (torch.arange(self.intervals, dtype=torch.float64) + 0.5) * d
+        return torch.arange(self.intervals + 1, dtype=torch.float64) * d
+
+    def vertices(self) -> torch.Tensor:
+        """Control-grid vertices, shape ``(Nc, d)``."""
+        return _basis.control_nodes(self.size, self.w.dtype, self.w.device)
+
+    def discretize(self, grid: Grid) -> KernelSchedule:
+        if grid.dim != self.dim:
+            raise PdenetsError(f"controls are {self.dim}-D but the width grid is {grid.dim}-D")
+        P = _basis.hat_matrix(grid.nodes, self.size).to(self.w.dtype)
+        A = torch.matmul(torch.matmul(P, self.w), P.T) * grid.weights.to(self.w.dtype)
+        b = self.b @ P.T
+        return _KnotSchedule(A, b, self.T, self.time_basis, grid.weights.to(self.w.dtype))
+
+    # -- construction helpers ------------------------------------------------------------
+    @classmethod
+    def from_functions(
+        cls,
+        w_fn: WFn,
+        b_fn: BFn,
+        dim: int,
+        size: int | tuple[int, ...],
+        intervals: int,
+        T: float = 1.0,
+        time_basis: str = "linear",
+        dtype: torch.dtype = torch.float64,
+    ) -> GridControls:
+        """Sample callables ``w_fn(x, y, t)`` and ``b_fn(x, t)`` at the control-grid vertices and
+        knot depths (``x``, ``y`` broadcastable tensors with last axis d; ``t`` a float)."""
+        c = cls(dim, size, intervals, T, time_basis, dtype=dtype)
+        v = c.vertices()
+        ws, bs = [], []
+        for t in c.knot_times().tolist():
+            W = torch.as_tensor(w_fn(v[:, None, :], v[None, :, :], t), dtype=dtype)
+            ws.append(W * torch.ones(len(v), len(v), dtype=dtype))
+            B = torch.as_tensor(b_fn(v, t), dtype=dtype)
+            bs.append(B * torch.ones(len(v), dtype=dtype))
+        with torch.no_grad():
+            c.w.copy_(check_finite(torch.stack(ws), "w_fn values"))
+            c.b.copy_(check_finite(torch.stack(bs), "b_fn values"))
+        return c
+
+    @classmethod
+    def constant(
+        cls, w0: float, b0: float, dim: int = 1, T: float = 1.0, dtype=torch.float64
+    ) -> GridControls:
+        """Controls w ≡ w0, b ≡ b0 (represented exactly, with the smallest grid)."""
+        return cls.from_functions(
+            lambda x, y, t: w0, lambda x, t: b0, dim, 2, 1, T, "constant", dtype
+        )
+
+    def prolong(
+        self, size: int | tuple[int, ...] | None = None, intervals: int | None = None
+    ) -> GridControls:
+        """The same functions on a finer control grid and/or more depth intervals.
+
+        Exact (no change of the represented function) when ``size − 1`` is a multiple of the
+        current ``size − 1`` per axis and ``intervals`` is a multiple of the current one
+        (MODEL.md §2, multilevel training).
+        """
+        size = self.size if size is None else size
+        size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * self.dim
+        intervals = self.intervals if intervals is None else int(intervals)
+        new = GridControls(self.dim, size, intervals, self.T, self.time_basis, dtype=self.w.dtype)
+        Ps = _basis.prolong(self.size, new.size, self.w.dtype).to(self.w.device)
+        # depth: evaluate the old time interpolation at the new knot times
+        sched = _KnotSchedule(self.w, self.b, self.T, self.time_basis, None)
+        new_t = new.knot_times().tolist()
+        d_new = self.T / intervals
+        ws, bs = [], []
+        for t in new_t:
+            t0 = t - 0.5 * d_new if self.time_basis == "constant" else t
+            t1 = t + 0.5 * d_new if self.time_basis == "constant" else t
+            k, s = sched.index(t, t0, t1)
+            if s == 0.0:
+                W, B = self.w[k], self.b[k]
+            else:
+                W = torch.lerp(self.w[k], self.w[k + 1], s)
+                B = torch.lerp(self.b[k], self.b[k + 1], s)
+            ws.append(Ps @ W @ Ps.T)
+            bs.append(B @ Ps.T)
+        with torch.no_grad():
+            new.w.copy_(torch.stack(ws))
+            new.b.copy_(torch.stack(bs))
+        return new.to(self.w.device)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, size={self.size}, intervals={self.intervals}, T={self.T}, "
+            f"time_basis={self.time_basis!r}"
+        )
+
+
+class FunctionControls(Controls):
+    """Fixed controls given by exact callables (not learnable, not saved to model files).
+
+    Parameters
+    ----------
+    w_fn : callable
+        ``w_fn(x, y, t)`` with broadcastable ``x``, ``y`` of last dimension d, float ``t``.
+    b_fn : callable
+        ``b_fn(x, t)``.
+    dim : int
+    T : float
+    time_dependent : bool
+        If False the callables are evaluated once per discretization (faster).
+    """
+
+    def __init__(
+        self, w_fn: WFn, b_fn: BFn, dim: int = 1, T: float = 1.0, time_dependent: bool = True
+    ) -> None:
+        super().__init__()
+        if not callable(w_fn) or not callable(b_fn):
+            raise PdenetsError("FunctionControls: w_fn and b_fn must be callable")
+        check_positive(T, "T")
+        self.w_fn, self.b_fn, self.dim, self.T = w_fn, b_fn, dim, float(T)
+        self.time_dependent = time_dependent
+
+    def discretize(self, grid: Grid) -> KernelSchedule:
+        if grid.dim != self.dim:
+            raise PdenetsError(f"controls are {self.dim}-D but the width grid is {grid.dim}-D")
+        return _FunctionSchedule(self.w_fn, self.b_fn, grid, self.time_dependent)

@@ -1,0 +1,135 @@
+"""Right-hand sides of the continuum network: the standard form and its variants (MODEL.md §1).
+
+With the discretized integral operator ``A`` (``(u @ A.T)[i] ≈ ∫ w(x_i, y) u(y) dy``) and bias
+``b``, a :class:`Dynamics` computes for a batch of fields u (shape ``(B, N)``):
+
+=============  ===========================================  =====================
+class          f(u)                                          MODEL.md
+=============  ===========================================  =====================
+``Standard``   σ(∫ w u dy + b) + ε Δ_x u                    §1 (ResNet limit)
+``Field``      ∫ w σ(u) dy + b + ε Δ_x u                    §1 variant "field"
+``Selection``  u · σ(∫ w u dy + b) + ε Δ_x u                §1 variant "selection"
+=============  ===========================================  =====================
+
+Each also provides :meth:`Dynamics.vjp`, the hand-written vector–Jacobian products used by the
+adjoint equation of MODEL.md §5: given a costate λ it returns λᵀ ∂f/∂u and the contributions
+to ∂/∂A and ∂/∂b.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import check_choice, check_nonnegative
+from .activations import Activation, get_activation
+
+
+class Dynamics:
+    """Base class; see the module docstring.
+
+    Parameters
+    ----------
+    activation : str or Activation
+        σ, by name (``tanh``, ``relu``, ``sigmoid``, ``softplus``, ``identity``) or custom.
+    eps : float
+        Diffusion coefficient ε ≥ 0 (homogeneous Neumann boundary conditions).
+    """
+
+    kind: str = "base"
+
+    def __init__(self, activation: str | Activation = "tanh", eps: float = 0.0) -> None:
+        self.activation = get_activation(activation)
+        check_nonnegative(eps, "eps")
+        self.eps = float(eps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(activation={self.activation.name!r}, eps={self.eps})"
+
+    def config(self) -> dict:
+        """JSON-serializable description (for model files)."""
+        return {"kind": self.kind, "activation": self.activation.name, "eps": self.eps}
+
+    def reaction(self, u: torch.Tensor, A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The non-diffusive part of f(u)."""
+        raise NotImplementedError
+
+    def __call__(self, u, A, b, lap=None) -> torch.Tensor:
+        """f(u) = reaction(u) + ε Δu (``lap`` is the grid Laplacian when ε > 0)."""
+        out = self.reaction(u, A, b)
+        if self.eps > 0.0:
+            out = out + self.eps * lap(u)
+        return out
+
+    def vjp(self, u, A, b, lam, lap=None):
+        """Return ``(λᵀ ∂f/∂u, ∂⟨λ,f⟩/∂A, ∂⟨λ,f⟩/∂b)`` (sums over the batch for A and b).
+
+        Inner products are plain sums over nodes (the discrete adjoint convention); the
+        Laplacian's adjoint in that pairing is its transpose, applied via ``lap.T``.
+        """
+        raise NotImplementedError
+
+    def _diffusion_vjp(self, lam, lap):
+        return self.eps * lap.transpose_apply(lam)
+
+    def steady_state_residual(self, u, A, b) -> torch.Tensor:
+        """Residual of the steady-state equation f(u*) = 0 (without diffusion)."""
+        return self.reaction(u, A, b)
+
+
+class Standard(Dynamics):
+    """∂_t u = σ(∫ w u dy + b) + ε Δ_x u — the continuum ResNet (MODEL.md §1)."""
+
+    kind = "standard"
+
+    def reaction(self, u, A, b):
+        return self.activation.fn(torch.addmm(b, u, A.T))
+
+    def vjp(self, u, A, b, lam, lap=None):
+        z = torch.addmm(b, u, A.T)
+        g = self.activation.derivative(z) * lam
+        du = g @ A
+        if self.eps > 0.0:
+            du = du + self._diffusion_vjp(lam, lap)
+        return du, g.T @ u, g.sum(0)
+
+
+class Field(Dynamics):
+    """∂_t u = ∫ w σ(u) dy + b + ε Δ_x u — neural-field (Wilson–Cowan) variant (MODEL.md §1)."""
+
+    kind = "field"
+
+    def reaction(self, u, A, b):
+        return torch.addmm(b, self.activation.fn(u), A.T)
+
+    def vjp(self, u, A, b, lam, lap=None):
+        du = self.activation.derivative(u) * (lam @ A)
+        if self.eps > 0.0:
+            du = du + self._diffusion_vjp(lam, lap)
+        return du, lam.T @ self.activation.fn(u), lam.sum(0)
+
+
+class Selection(Dynamics):
+    """∂_t u = u · σ(∫ w u dy + b) + ε Δ_x u — selection (replicator) variant (MODEL.md §1)."""
+
+    kind = "selection"
+
+    def reaction(self, u, A, b):
+        return u * self.activation.fn(torch.addmm(b, u, A.T))
+
+    def vjp(self, u, A, b, lam, lap=None):
+        z = torch.addmm(b, u, A.T)
+        g = self.activation.derivative(z) * lam * u
+        du = lam * self.activation.fn(z) + g @ A
+        if self.eps > 0.0:
+            du = du + self._diffusion_vjp(lam, lap)
+        return du, g.T @ u, g.sum(0)
+
+
+DYNAMICS: dict[str, type[Dynamics]] = {"standard": Standard, "field": Field, "selection": Selection}
+
+
+def make_dynamics(
+    kind: str = "standard", activation: str | Activation = "tanh", eps: float = 0.0
+) -> Dynamics:
+    """Build dynamics by name: ``standard``, ``field`` or ``selection``."""
+    return DYNAMICS[check_choice(kind, DYNAMICS, "dynamics")](activation, eps)

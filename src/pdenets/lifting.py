@@ -1,0 +1,121 @@
+"""Input lifting E: data vector ξ ∈ R^n → initial field u(·, 0) = E ξ (MODEL.md §1).
+
+:class:`PiecewiseConstantLifting`
+    u(x, 0) = ξ_i on the i-th of n equal cells of Ω. In 1-D the cells are intervals; in 2-D
+    ``shape = (p, q)`` is the pixel grid of an image, pixel (r, c) covering
+    [r/p, (r+1)/p) × [c/q, (c+1)/q) (axis 0 of Ω is the image row).
+:class:`LearnableLifting`
+    u(x, 0) = Σ_i ξ_i φ_i(x) with learnable φ_i stored on a control grid (multilinear), initialised
+    to the piecewise-constant lifting sampled at the control vertices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _basis
+from ._checks import check_finite
+from .errors import PdenetsError
+from .quadrature import Grid
+
+
+class Lifting(nn.Module):
+    """Base class: maps inputs of shape ``(B, *shape)`` to fields of shape ``(B, N)``."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.shape)
+
+    def flatten(self, xi: torch.Tensor) -> torch.Tensor:
+        """Validate ``xi`` (shape ``(B, *shape)`` or ``(B, n)``) and return it as ``(B, n)``."""
+        if not torch.is_tensor(xi):
+            xi = torch.as_tensor(xi)
+        if xi.dim() < 2:
+            raise PdenetsError(
+                f"inputs must have a batch axis: expected shape (B, {self.n_features}) "
+                f"or (B, {', '.join(map(str, self.shape))}), got {tuple(xi.shape)}"
+            )
+        B = xi.shape[0]
+        if tuple(xi.shape[1:]) not in (self.shape, (self.n_features,)):
+            raise PdenetsError(
+                f"inputs have shape {tuple(xi.shape)}; this network lifts {self.n_features} "
+                f"features (shape (B, {', '.join(map(str, self.shape))}))"
+            )
+        check_finite(xi, "inputs")
+        return xi.reshape(B, -1)
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+def cell_index(nodes: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Index of the equal cell (row-major over ``shape``) containing each node."""
+    idx = torch.zeros(nodes.shape[0], dtype=torch.long, device=nodes.device)
+    for a, n in enumerate(shape):
+        k = torch.clamp(torch.floor(nodes[:, a] * n).long(), 0, n - 1)
+        idx = idx * n + k
+    return idx
+
+
+class PiecewiseConstantLifting(Lifting):
+    """Piecewise-constant lifting on n equal cells (see module docstring).
+
+    Parameters
+    ----------
+    shape : int or tuple of int
+        n (1-D) or the image shape (p, q) (2-D).
+    """
+
+    def __init__(self, shape: int | tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        if len(self.shape) not in (1, 2) or min(self.shape) < 1:
+            raise PdenetsError(f"lifting shape must be (n,) or (p, q) with n, p, q >= 1, got {shape!r}")
+        self.dim = len(self.shape)
+
+    def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:
+        xi = self.flatten(xi).to(grid.dtype)
+        idx = grid._cache.get(("cells", self.shape))
+        if idx is None:
+            idx = grid._cache[("cells", self.shape)] = cell_index(grid.nodes, self.shape)
+        return xi[:, idx]
+
+    def config(self) -> dict:
+        return {"kind": "piecewise_constant", "shape": list(self.shape)}
+
+
+class LearnableLifting(Lifting):
+    """u(x, 0) = Σ_i ξ_i φ_i(x), φ_i learnable on a control grid of ``size`` vertices per axis."""
+
+    def __init__(
+        self, shape: int | tuple[int, ...], size: int | tuple[int, ...], dtype=torch.float64,
+        phi: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+        self.dim = len(self.shape)
+        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * self.dim
+        if len(self.size) != self.dim or min(self.size) < 2:
+            raise PdenetsError(f"learnable lifting: bad control size {size!r}")
+        v = _basis.control_nodes(self.size, dtype)
+        if phi is None:
+            phi = torch.nn.functional.one_hot(
+                cell_index(v, self.shape), self.n_features
+            ).T.to(dtype)
+        phi = torch.as_tensor(phi, dtype=dtype)
+        if tuple(phi.shape) != (self.n_features, math.prod(self.size)):
+            raise PdenetsError(f"learnable lifting: phi has shape {tuple(phi.shape)}")
+        self.phi = nn.Parameter(phi.clone())
+
+    def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:
+        xi = self.flatten(xi).to(self.phi.dtype)
+        P = _basis.hat_matrix(grid.nodes, self.size).to(self.phi.dtype)
+        return xi @ (self.phi @ P.T)
+
+    def config(self) -> dict:
+        return {"kind": "learnable", "shape": list(self.shape), "size": list(self.size)}

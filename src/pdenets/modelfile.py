@@ -1,0 +1,260 @@
+"""Model files: a :class:`~pdenets.network.ContinuumNetwork` as safetensors + JSON (never pickle).
+
+Format (version 1)
+------------------
+A standard `safetensors <https://huggingface.co/docs/safetensors>`_ file. Its header metadata
+holds one key, ``"pdenets"``, whose value is a JSON object::
+
+    {"format": "pdenets-model", "version": 1,
+     "T": 1.0, "dim": 2,
+     "dynamics": {"kind": "standard"|"field"|"selection", "activation": "tanh", "eps": 0.0},
+     "controls": {"kind": "grid", "size": [8, 8], "intervals": 4, "time_basis": "linear"},
+     "lifting":  {"kind": "piecewise_constant", "shape": [8, 8]}
+               | {"kind": "learnable", "shape": [...], "size": [...]},
+     "readout":  {"kind": "linear", "outputs": 10, "size": [8, 8]}
+               | {"kind": "cell_average", "cells": [2, 5]},
+     "discretization": {"rule": "midpoint", "width": [8, 8], "dim": 2,
+                        "solver": {"name": "rk4"}, "steps": 8},
+     "extra": {...}}                       # free-form (training info), optional
+
+and the tensors (float32 or float64; Nc = prod(controls.size), K = intervals (+1 if linear)):
+
+====================  ==================  =============================================
+name                  shape               meaning
+====================  ==================  =============================================
+``controls.w``        (K, Nc, Nc)         w at control vertices (x row-major, y) per knot
+``controls.b``        (K, Nc)             b at control vertices per knot
+``readout.c``         (m, Nc_r)           c_j at readout vertices (linear readout only)
+``readout.d``         (m,)                d_j (linear readout only)
+``lifting.phi``       (n, Nc_l)           φ_i at lifting vertices (learnable lifting only)
+====================  ==================  =============================================
+
+Any other tensor, a missing one, a wrong shape, non-finite values, an unknown key or option is
+rejected with :class:`~pdenets.errors.ModelFileError`. Files are written atomically (temporary
+file + rename), so an interrupted save never leaves a truncated model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from .activations import Activation
+from .controls import GridControls
+from .dynamics import make_dynamics
+from .errors import ModelFileError, PdenetsError
+from .integrators import make_solver
+from .lifting import LearnableLifting, PiecewiseConstantLifting
+from .network import ContinuumNetwork, Discretization
+from .quadrature import make_rule
+from .readout import CellAverageReadout, LinearReadout
+
+FORMAT = "pdenets-model"
+VERSION = 1
+MAX_FILE_BYTES = 2**31
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (same-directory temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def network_tensors(net: ContinuumNetwork) -> dict[str, torch.Tensor]:
+    """The tensors of ``net`` under their model-file names."""
+    out = {
+        "controls.w": net.controls.w, "controls.b": net.controls.b,
+    }
+    if isinstance(net.readout, LinearReadout):
+        out["readout.c"], out["readout.d"] = net.readout.c, net.readout.d
+    if isinstance(net.lifting, LearnableLifting):
+        out["lifting.phi"] = net.lifting.phi
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def save_model(net: ContinuumNetwork, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Save ``net`` to ``path`` in the format of the module docstring (atomic write)."""
+    if not net.dynamics.activation.builtin:
+        raise PdenetsError(
+            f"cannot save custom activation {net.dynamics.activation.name!r} by value; "
+            f"save works for built-in activations (pass the custom one again at load time)"
+        )
+    meta = {"format": FORMAT, "version": VERSION, **net.config(), "extra": extra or {}}
+    data = st_save(network_tensors(net), metadata={"pdenets": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def _get(d: dict, key: str, typ, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise ModelFileError(f"model file: missing key {where}.{key}")
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+        raise ModelFileError(f"model file: {where}.{key} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _int_list(v, where: str, length: int | None = None) -> tuple[int, ...]:
+    if not isinstance(v, list) or not v or not all(
+        isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 65536 for k in v
+    ):
+        raise ModelFileError(f"model file: {where} must be a list of positive integers")
+    if length is not None and len(v) != length:
+        raise ModelFileError(f"model file: {where} must have {length} entries")
+    return tuple(v)
+
+
+def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation | None):
+    if meta.get("format") != FORMAT:
+        raise ModelFileError("model file: not a pdenets model (metadata 'format' is wrong)")
+    if meta.get("version") != VERSION:
+        raise ModelFileError(f"model file: unsupported format version {meta.get('version')!r}")
+    T = _get(meta, "T", float, "model")
+    dim = _get(meta, "dim", int, "model")
+    if dim not in (1, 2):
+        raise ModelFileError(f"model file: dim must be 1 or 2, got {dim}")
+    dyn = _get(meta, "dynamics", dict, "model")
+    act_name = _get(dyn, "activation", str, "dynamics")
+    act = activation if (activation is not None and activation.name == act_name) else act_name
+    cmeta = _get(meta, "controls", dict, "model")
+    if _get(cmeta, "kind", str, "controls") != "grid":
+        raise ModelFileError(f"model file: unknown controls kind {cmeta['kind']!r}")
+    lmeta = _get(meta, "lifting", dict, "model")
+    rmeta = _get(meta, "readout", dict, "model")
+    dmeta = _get(meta, "discretization", dict, "model")
+    try:
+        dynamics = make_dynamics(_get(dyn, "kind", str, "dynamics"), act,
+                                 _get(dyn, "eps", float, "dynamics"))
+        size = _int_list(cmeta.get("size"), "controls.size", dim)
+        expected: dict[str, tuple[int, ...]] = {}
+        ctrl = GridControls(dim, size, _get(cmeta, "intervals", int, "controls"), T,
+                            _get(cmeta, "time_basis", str, "controls"))
+        expected["controls.w"] = tuple(ctrl.w.shape)
+        expected["controls.b"] = tuple(ctrl.b.shape)
+        lkind = _get(lmeta, "kind", str, "lifting")
+        shape = _int_list(lmeta.get("shape"), "lifting.shape", dim)
+        if lkind == "piecewise_constant":
+            lifting = PiecewiseConstantLifting(shape)
+        elif lkind == "learnable":
+            lifting = LearnableLifting(shape, _int_list(lmeta.get("size"), "lifting.size", dim))
+            expected["lifting.phi"] = tuple(lifting.phi.shape)
+        else:
+            raise ModelFileError(f"model file: unknown lifting kind {lkind!r}")
+        rkind = _get(rmeta, "kind", str, "readout")
+        if rkind == "linear":
+            readout = LinearReadout(_get(rmeta, "outputs", int, "readout"), dim,
+                                    _int_list(rmeta.get("size"), "readout.size", dim))
+            expected["readout.c"] = tuple(readout.c.shape)
+            expected["readout.d"] = tuple(readout.d.shape)
+        elif rkind == "cell_average":
+            readout = CellAverageReadout(_int_list(rmeta.get("cells"), "readout.cells", dim))
+        else:
+            raise ModelFileError(f"model file: unknown readout kind {rkind!r}")
+        smeta = _get(dmeta, "solver", dict, "discretization")
+        sname = _get(smeta, "name", str, "discretization.solver")
+        sopts = {k: float(v) for k, v in smeta.items() if k in ("rtol", "atol")}
+        disc = Discretization(
+            make_rule(_get(dmeta, "rule", str, "discretization"),
+                      _int_list(dmeta.get("width"), "discretization.width", dim), dim),
+            make_solver(sname, **sopts), _get(dmeta, "steps", int, "discretization"),
+        )
+    except ModelFileError:
+        raise
+    except PdenetsError as e:
+        raise ModelFileError(f"model file: {e}") from None
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ModelFileError(f"model file: unexpected tensor(s) {', '.join(unexpected)}")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ModelFileError(f"model file: missing tensor(s) {', '.join(missing)}")
+    dtypes = {t.dtype for t in tensors.values()}
+    if not dtypes <= {torch.float32, torch.float64}:
+        raise ModelFileError(f"model file: tensors must be float32/float64, got {dtypes}")
+    for name, shp in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shp:
+            raise ModelFileError(
+                f"model file: tensor {name} has shape {tuple(t.shape)}, expected {shp}"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ModelFileError(f"model file: tensor {name} contains NaN or Inf")
+    net = ContinuumNetwork(ctrl, dynamics, lifting, readout, disc)
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    net = net.to(dtype)
+    with torch.no_grad():
+        for name, param in [("controls.w", ctrl.w), ("controls.b", ctrl.b)] + (
+            [("readout.c", readout.c), ("readout.d", readout.d)]
+            if isinstance(readout, LinearReadout) else []
+        ) + ([("lifting.phi", lifting.phi)] if isinstance(lifting, LearnableLifting) else []):
+            param.copy_(tensors[name].to(dtype))
+    return net
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read and minimally validate a model file; return (metadata, tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ModelFileError(f"model file {str(path)!r} is too large ({size} bytes)")
+    data = path.read_bytes()
+    if len(data) < 8:
+        raise ModelFileError(f"model file {str(path)!r} is truncated ({len(data)} bytes)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len > len(data) - 8 or header_len > 100_000_000:
+        raise ModelFileError(f"model file {str(path)!r} is corrupt or truncated (bad header)")
+    try:
+        tensors = st_load(data)
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"model file {str(path)!r} is corrupt or truncated: {e}") from None
+    raw = (header.get("__metadata__") or {}).get("pdenets")
+    if raw is None:
+        raise ModelFileError(f"model file {str(path)!r} has no pdenets metadata")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ModelFileError(f"model file {str(path)!r}: metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"model file {str(path)!r}: metadata is not a JSON object")
+    return meta, tensors
+
+
+def load_model(
+    path: str | os.PathLike, activation: Activation | None = None
+) -> ContinuumNetwork:
+    """Load a network saved by :func:`save_model`, validating everything (see module docstring).
+
+    Parameters
+    ----------
+    path : path-like
+    activation : Activation, optional
+        A custom activation to use when the file names it.
+    """
+    meta, tensors = read_metadata(path)
+    net = _build(meta, tensors, activation)
+    net.extra = meta.get("extra", {})
+    return net

@@ -1,0 +1,106 @@
+"""Readout R: final field u(·, T) → output y ∈ R^m (MODEL.md §1).
+
+:class:`LinearReadout`
+    y_j = ∫_Ω c_j(x) u(x, T) dx + d_j with learnable c_j (on a control grid, multilinear) and
+    d_j, evaluated by the width quadrature.
+:class:`CellAverageReadout`
+    y_j = the average of u(·, T) over the j-th of m equal output cells (fixed, no parameters).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import _basis
+from .errors import PdenetsError
+from .lifting import cell_index
+from .quadrature import Grid
+
+
+class Readout(nn.Module):
+    """Base class: maps fields ``(B, N)`` to outputs ``(B, m)``."""
+
+    outputs: int
+
+    def matrix(self, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(R, d)`` with outputs ``u @ R.T + d``; R has shape ``(m, N)``."""
+        raise NotImplementedError
+
+    def forward(self, u: torch.Tensor, grid: Grid) -> torch.Tensor:
+        R, d = self.matrix(grid)
+        return torch.addmm(d, u, R.T)
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+
+class LinearReadout(Readout):
+    """Learnable linear functionals of u(·, T) (see module docstring).
+
+    Parameters
+    ----------
+    outputs : int
+        m.
+    dim : int
+    size : int or tuple
+        Control-grid vertices per axis for the c_j.
+    c, d : torch.Tensor, optional
+        Initial values, shapes ``(m, prod(size))`` and ``(m,)``.
+    """
+
+    def __init__(self, outputs: int, dim: int, size: int | tuple[int, ...], c=None, d=None,
+                 dtype=torch.float64) -> None:
+        super().__init__()
+        if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
+            raise PdenetsError(f"readout outputs must be a positive integer, got {outputs!r}")
+        self.outputs, self.dim = outputs, dim
+        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dim
+        if len(self.size) != dim or min(self.size) < 2:
+            raise PdenetsError(f"readout: bad control size {size!r}")
+        Nc = math.prod(self.size)
+        c = torch.zeros(outputs, Nc, dtype=dtype) if c is None else torch.as_tensor(c, dtype=dtype)
+        d = torch.zeros(outputs, dtype=dtype) if d is None else torch.as_tensor(d, dtype=dtype)
+        if tuple(c.shape) != (outputs, Nc) or tuple(d.shape) != (outputs,):
+            raise PdenetsError(
+                f"readout: c, d have shapes {tuple(c.shape)}, {tuple(d.shape)}; "
+                f"expected {(outputs, Nc)}, {(outputs,)}"
+            )
+        self.c = nn.Parameter(c.clone())
+        self.d = nn.Parameter(d.clone())
+
+    def matrix(self, grid):
+        P = _basis.hat_matrix(grid.nodes, self.size).to(self.c.dtype)
+        return (self.c @ P.T) * grid.weights.to(self.c.dtype), self.d
+
+    def config(self) -> dict:
+        return {"kind": "linear", "outputs": self.outputs, "size": list(self.size)}
+
+
+class CellAverageReadout(Readout):
+    """Averages of u(·, T) over m equal cells: ``cells = m`` (1-D) or ``(m0, m1)`` (2-D)."""
+
+    def __init__(self, cells: int | tuple[int, ...]) -> None:
+        super().__init__()
+        self.cells = (int(cells),) if isinstance(cells, int) else tuple(int(c) for c in cells)
+        if min(self.cells) < 1 or len(self.cells) not in (1, 2):
+            raise PdenetsError(f"cell-average readout: bad cells {cells!r}")
+        self.outputs = math.prod(self.cells)
+        self.dim = len(self.cells)
+
+    def matrix(self, grid):
+        idx = cell_index(grid.nodes, self.cells)
+        R = torch.zeros(self.outputs, grid.n, dtype=grid.dtype, device=grid.device)
+        R[idx, torch.arange(grid.n, device=grid.device)] = grid.weights
+        mass = R.sum(1, keepdim=True)
+        if bool((mass == 0).any()):
+            raise PdenetsError(
+                f"cell-average readout: some of the {self.outputs} output cells contain no "
+                f"width node; use more nodes"
+            )
+        return R / mass, torch.zeros(self.outputs, dtype=grid.dtype, device=grid.device)
+
+    def config(self) -> dict:
+        return {"kind": "cell_average", "cells": list(self.cells)}
