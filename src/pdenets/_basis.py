@@ -65,7 +65,10 @@ def prolong_1d(k_from: int, k_to: int, dtype=torch.float64) -> torch.Tensor:
 
 
 def prolong(size_from: tuple[int, ...], size_to: tuple[int, ...], dtype=torch.float64):
-    """Tensor-product prolongation matrix between control grids (``prod(size_to) × prod(size_from)``)."""
+    """Tensor-product prolongation matrix between control grids.
+
+    Shape ``(prod(size_to), prod(size_from))``.
+    """
     P = prolong_1d(size_from[0], size_to[0], dtype)
     for a in range(1, len(size_from)):
         P = torch.kron(P, prolong_1d(size_from[a], size_to[a], dtype))

@@ -13,10 +13,10 @@ import torch
 from ._checks import check_choice
 from .controls import GridControls
 from .dynamics import make_dynamics
+from .integrators import RK4
 from .lifting import PiecewiseConstantLifting
 from .network import ContinuumNetwork, Discretization
 from .quadrature import Midpoint
-from .integrators import RK4
 from .readout import CellAverageReadout
 
 EXAMPLES = ("demo1d", "demo2d")

@@ -239,7 +239,8 @@ class Dopri5(ExplicitRK):
     def initial_step(self, system, t0, u, T):
         if self.first_step is not None:
             return float(self.first_step)
-        f0 = system(t0, u, t0, T)
+        f0 = system(t0, u, t0, T).detach()
+        u = u.detach()
         scale = self.atol + self.rtol * u.abs()
         d0 = float(torch.sqrt(torch.mean((u / scale) ** 2)))
         d1 = float(torch.sqrt(torch.mean((f0 / scale) ** 2)))

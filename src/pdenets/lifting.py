@@ -75,7 +75,9 @@ class PiecewiseConstantLifting(Lifting):
         super().__init__()
         self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
         if len(self.shape) not in (1, 2) or min(self.shape) < 1:
-            raise PdenetsError(f"lifting shape must be (n,) or (p, q) with n, p, q >= 1, got {shape!r}")
+            raise PdenetsError(
+                f"lifting shape must be (n,) or (p, q) with n, p, q >= 1, got {shape!r}"
+            )
         self.dim = len(self.shape)
 
     def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:

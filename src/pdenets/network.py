@@ -26,7 +26,7 @@ from ._laplacian import laplacian_for
 from .controls import Controls, GridControls, KernelSchedule
 from .dynamics import Dynamics, make_dynamics
 from .errors import PdenetsError
-from .integrators import RK4, Solver, Stats, System, integrate, make_solver
+from .integrators import RK4, Solver, System, integrate, make_solver
 from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
 from .quadrature import Grid, Midpoint, QuadratureRule, make_rule
 from .readout import CellAverageReadout, LinearReadout, Readout

@@ -1,0 +1,1 @@
+"""Benchmark scripts of pdenets (figures are printed, never asserted in tests)."""

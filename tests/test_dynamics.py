@@ -1,0 +1,93 @@
+import math
+
+import pytest
+import torch
+
+import pdenets as pn
+from pdenets._laplacian import laplacian_for
+from pdenets.errors import PdenetsError
+
+ACTS = ["tanh", "relu", "sigmoid", "softplus", "identity"]
+
+
+def test_activation_derivatives_match_autograd():
+    z = torch.linspace(-3, 3, 41, dtype=torch.float64).add(0.013).requires_grad_(True)
+    for name in ACTS:
+        a = pn.get_activation(name)
+        (g,) = torch.autograd.grad(a(z).sum(), z)
+        assert torch.allclose(a.derivative(z.detach()), g), name
+        assert float(a.derivative(z.detach()).abs().max()) <= a.lipschitz + 1e-12
+
+
+def test_custom_activation_and_unknown_name():
+    swish = pn.Activation("swish", lambda z: z * torch.sigmoid(z),
+                          lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))), 1.1)
+    dyn = pn.Standard(swish)
+    u = torch.randn(3, 4, dtype=torch.float64)
+    A = torch.randn(4, 4, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    z = u @ A.T + b
+    assert torch.allclose(dyn(u, A, b), z * torch.sigmoid(z))
+    with pytest.raises(PdenetsError, match="unknown activation 'gelu'"):
+        pn.Standard("gelu")
+    with pytest.raises(PdenetsError, match="unknown dynamics"):
+        pn.make_dynamics("wave")
+    with pytest.raises(PdenetsError, match="eps"):
+        pn.Standard("tanh", eps=-1.0)
+
+
+@pytest.mark.parametrize("variant", ["standard", "field", "selection"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("rule", ["midpoint", "trapezoid"])
+def test_vjp_matches_autograd(variant, act, rule):
+    grid = pn.make_rule(rule, 6).grid()
+    eps = 0.05
+    dyn = pn.make_dynamics(variant, act, eps)
+    lap = laplacian_for(grid)
+    u = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn(3, 6, dtype=torch.float64)
+    gu, gA, gb = torch.autograd.grad((dyn(u, A, b, lap) * lam).sum(), (u, A, b))
+    du, dA, db = dyn.vjp(u.detach(), A.detach(), b.detach(), lam, lap)
+    assert torch.allclose(du, gu) and torch.allclose(dA, gA) and torch.allclose(db, gb)
+
+
+def test_variant_formulas():
+    grid = pn.Midpoint(5).grid()
+    u = torch.rand(2, 5, dtype=torch.float64)
+    A = torch.randn(5, 5, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    z = torch.stack([A @ u[k] + b for k in range(2)])
+    assert torch.allclose(pn.Standard("tanh")(u, A, b), torch.tanh(z))
+    assert torch.allclose(pn.Field("tanh")(u, A, b),
+                          torch.stack([A @ torch.tanh(u[k]) + b for k in range(2)]))
+    assert torch.allclose(pn.Selection("tanh")(u, A, b), u * torch.tanh(z))
+    lap = laplacian_for(grid)
+    # Neumann Laplacian: constants are in the kernel, eigenvalue of cos(πx) known
+    assert torch.allclose(lap(torch.ones(1, 5, dtype=torch.float64)), torch.zeros(1, 5,
+                          dtype=torch.float64), atol=1e-12)
+    x = grid.nodes[:, 0]
+    v = torch.cos(math.pi * x)[None]
+    lam = -(2 * 25) * (1 - math.cos(math.pi / 5))
+    assert torch.allclose(lap(v), lam * v, atol=1e-10)
+
+
+def test_laplacian_2d_functions_match_dense():
+    for rule in (pn.Midpoint(4, dim=2), pn.Trapezoid((3, 5), dim=2)):
+        grid = rule.grid()
+        lap = laplacian_for(grid)
+        L = lap(torch.eye(grid.n, dtype=torch.float64)).T  # column j = L e_j
+        u = torch.randn(2, grid.n, dtype=torch.float64)
+        assert torch.allclose(lap.apply_function(u, lambda lam: lam), u @ L.T, atol=1e-9)
+        E = torch.linalg.matrix_exp(0.01 * L)
+        assert torch.allclose(lap.apply_function(u, lambda lam: torch.exp(0.01 * lam)), u @ E.T,
+                              atol=1e-10)
+        assert torch.allclose(lap.transpose_apply(u), u @ L, atol=1e-9)
+
+
+def test_diffusion_needs_structured_grid():
+    ctrl = pn.GridControls(1, 2, 1)
+    with pytest.raises(PdenetsError, match="structured"):
+        pn.solve(ctrl, torch.zeros(1, 8, dtype=torch.float64), pn.Standard("tanh", eps=0.1),
+                 pn.Discretization(pn.GaussLegendre(8), pn.IMEXEuler(), 4))
