@@ -16,6 +16,7 @@ The public API, by layer:
 """
 
 from .activations import Activation, get_activation
+from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint, make_adjoint
 from .controls import Controls, FunctionControls, GridControls
 from .dynamics import Dynamics, Field, Selection, Standard, make_dynamics
 from .errors import ConfigError, ModelFileError, PdenetsError, StabilityError
@@ -23,17 +24,19 @@ from .integrators import RK4, Dopri5, Euler, Heun, IMEXEuler, Solver, Strang, ma
 from .lifting import LearnableLifting, PiecewiseConstantLifting
 from .modelfile import load_model, save_model
 from .network import ContinuumNetwork, Discretization, Solution, solve
+from .objective import Objective
 from .quadrature import GaussLegendre, Grid, Midpoint, MonteCarlo, Trapezoid, make_rule
 from .readout import CellAverageReadout, LinearReadout
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Activation", "CellAverageReadout", "ConfigError", "ContinuumNetwork", "Controls",
+    "Activation", "Adjoint", "ContinuousAdjoint", "DiscreteAdjoint", "make_adjoint",
+    "CellAverageReadout", "ConfigError", "ContinuumNetwork", "Controls",
     "Discretization", "Dopri5", "Dynamics", "Euler", "Field", "FunctionControls",
     "GaussLegendre", "Grid", "GridControls", "Heun", "IMEXEuler", "LearnableLifting",
     "LinearReadout", "Midpoint", "ModelFileError", "MonteCarlo", "PdenetsError",
     "PiecewiseConstantLifting", "RK4", "Selection", "Solution", "Solver", "StabilityError",
     "Standard", "Strang", "Trapezoid", "get_activation", "load_model", "make_dynamics",
-    "make_rule", "make_solver", "save_model", "solve",
+    "make_rule", "make_solver", "save_model", "solve", "Objective",
 ]

@@ -180,12 +180,18 @@ class Dopri5(ExplicitRK):
 
     def __init__(
         self, rtol: float = 1e-6, atol: float = 1e-8, max_steps: int = 100_000,
-        first_step: float | None = None,
+        first_step: float | None = None, replay: tuple[float, ...] | None = None,
     ) -> None:
         check_positive(rtol, "dopri5 rtol")
         check_positive(atol, "dopri5 atol")
         check_positive(max_steps, "dopri5 max_steps", integer=True)
         self.rtol, self.atol, self.max_steps, self.first_step = rtol, atol, max_steps, first_step
+        self.replay = None if replay is None else tuple(float(h) for h in replay)
+
+    def frozen(self, step_sizes) -> Dopri5:
+        """A copy that replays the accepted ``step_sizes`` of an earlier solve (no error
+        control): the map whose exact derivative the discrete adjoint computes."""
+        return Dopri5(self.rtol, self.atol, self.max_steps, self.first_step, tuple(step_sizes))
 
     def __repr__(self) -> str:
         return f"Dopri5(rtol={self.rtol}, atol={self.atol})"
@@ -194,8 +200,9 @@ class Dopri5(ExplicitRK):
         return {"name": self.name, "rtol": self.rtol, "atol": self.atol}
 
     def _norm(self, e, u0, u1):
-        scale = self.atol + self.rtol * torch.maximum(u0.abs(), u1.abs())
-        return float(torch.sqrt(torch.mean((e / scale) ** 2)))
+        with torch.no_grad():
+            scale = self.atol + self.rtol * torch.maximum(u0.abs(), u1.abs())
+            return float(torch.sqrt(torch.mean((e / scale) ** 2)))
 
     def attempt(self, system, t0, h, u, stats):
         """One attempted step: (u_new, error norm, stages, slopes)."""
@@ -207,6 +214,8 @@ class Dopri5(ExplicitRK):
 
     def integrate_span(self, system, t_start, t_end, u, stats, h):
         """Adaptive integration over [t_start, t_end]; returns (u, last accepted h)."""
+        if self.replay is not None:
+            return self._replay_span(system, t_start, t_end, u, stats), h
         t = t_start
         attempts = 0
         while t < t_end - 1e-14 * max(1.0, abs(t_end)):
@@ -235,6 +244,18 @@ class Dopri5(ExplicitRK):
             if h < 1e-14 * max(1.0, abs(t_end)):
                 raise PdenetsError(f"dopri5: step size underflow at t = {t:.6g}")
         return u, h
+
+    def _replay_span(self, system, t_start, t_end, u, stats):
+        t = t_start
+        while t < t_end - 1e-14 * max(1.0, abs(t_end)):
+            if stats.steps >= len(self.replay):
+                raise PdenetsError("dopri5 replay: the recorded step sequence is too short")
+            h = self.replay[stats.steps]
+            u, _, _, _ = self.attempt(system, t, h, u, stats)
+            t += h
+            stats.steps += 1
+            stats.step_sizes.append(h)
+        return u
 
     def initial_step(self, system, t0, u, T):
         if self.first_step is not None:

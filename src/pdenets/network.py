@@ -23,6 +23,7 @@ from torch import nn
 
 from ._checks import check_finite, check_positive
 from ._laplacian import laplacian_for
+from .adjoint import Adjoint, DiscreteAdjoint, solve_with_adjoint
 from .controls import Controls, GridControls, KernelSchedule
 from .dynamics import Dynamics, make_dynamics
 from .errors import PdenetsError
@@ -131,6 +132,7 @@ def solve(
     *,
     saveat: Sequence[float] | str | None = None,
     grid: Grid | None = None,
+    adjoint: Adjoint | None = None,
 ) -> Solution:
     """Solve the forward problem of MODEL.md §1 at the discretization ``disc``.
 
@@ -147,6 +149,10 @@ def solve(
         Depths at which to return u (fixed-step solvers: on the step grid).
     grid : Grid, optional
         A pre-built grid of ``disc.width`` (dtype/device of the controls by default).
+    adjoint : Adjoint, optional
+        Gradient strategy for ``backward()`` (MODEL.md §5): :class:`~pdenets.DiscreteAdjoint`
+        (the default: automatic differentiation through the steps, optionally checkpointed)
+        or :class:`~pdenets.ContinuousAdjoint`. Cannot be combined with ``saveat``.
 
     Returns
     -------
@@ -171,13 +177,23 @@ def solve(
         )
     check_finite(u0, "u0")
     sched = controls.discretize(grid)
-    system = make_system(dynamics, sched, grid)
     ts = _save_times(saveat, T, disc.steps)
-    uT, saved, stats = integrate(
-        system, u0.to(grid.dtype), T, disc.steps, disc.solver, ts, sched.breakpoints
-    )
+    u0 = u0.to(grid.dtype)
+    if adjoint is not None and not (isinstance(adjoint, DiscreteAdjoint)
+                                    and adjoint.checkpoint is None):
+        if ts:
+            raise PdenetsError(f"saveat cannot be combined with adjoint={adjoint!r}")
+        uT, stats = solve_with_adjoint(
+            adjoint, dynamics, sched, grid, u0, T, disc.steps, disc.solver,
+            lambda s: make_system(dynamics, s, grid),
+        )
+        return Solution(uT, [], None, grid, stats)
+    system = make_system(dynamics, sched, grid)
+    uT, saved, st = integrate(system, u0, T, disc.steps, disc.solver, ts, sched.breakpoints)
     us = torch.stack(saved) if saved else None
-    return Solution(uT, ts, us, grid, stats.as_dict())
+    stats = st.as_dict()
+    stats["step_sizes"] = st.step_sizes
+    return Solution(uT, ts, us, grid, stats)
 
 
 class ContinuumNetwork(nn.Module):
@@ -285,19 +301,25 @@ class ContinuumNetwork(nn.Module):
 
     def solve(
         self, xi: torch.Tensor, disc: Discretization | None = None, *,
-        saveat: Sequence[float] | str | None = None,
+        saveat: Sequence[float] | str | None = None, adjoint: Adjoint | None = None,
     ) -> Solution:
-        """Lift ``xi``, solve the forward problem at ``disc``, apply the readout."""
+        """Lift ``xi``, solve the forward problem at ``disc``, apply the readout.
+
+        ``adjoint`` selects the gradient strategy (see :func:`solve`)."""
         disc = disc or self.discretization
         grid = self.grid(disc.width)
         u0 = self.initial_state(xi, grid)
-        sol = solve(self.controls, u0, self.dynamics, disc, saveat=saveat, grid=grid)
+        sol = solve(self.controls, u0, self.dynamics, disc, saveat=saveat, grid=grid,
+                    adjoint=adjoint)
         sol.outputs = self.readout(sol.u, grid)
         return sol
 
-    def forward(self, xi: torch.Tensor, disc: Discretization | None = None) -> torch.Tensor:
+    def forward(
+        self, xi: torch.Tensor, disc: Discretization | None = None,
+        adjoint: Adjoint | None = None,
+    ) -> torch.Tensor:
         """Outputs R u(·, T) for inputs ``xi``, shape ``(B, m)``."""
-        return self.solve(xi, disc).outputs  # type: ignore[return-value]
+        return self.solve(xi, disc, adjoint=adjoint).outputs  # type: ignore[return-value]
 
     def config(self) -> dict:
         """JSON-serializable architecture (everything but the tensors)."""

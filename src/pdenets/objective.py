@@ -114,8 +114,9 @@ class Objective:
         sq, dsq = control_norms(ctrl)
         return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq
 
-    def __call__(self, net, inputs, targets, disc=None) -> torch.Tensor:
-        """J for a batch (inputs, targets) at discretization ``disc`` (differentiable)."""
-        outputs = net(inputs, disc)
+    def __call__(self, net, inputs, targets, disc=None, adjoint=None) -> torch.Tensor:
+        """J for a batch (inputs, targets) at discretization ``disc``; differentiable with the
+        gradient strategy ``adjoint`` (MODEL.md §5; default: discrete, by autograd)."""
+        outputs = net(inputs, disc, adjoint)
         return data_loss(outputs, torch.as_tensor(targets, device=outputs.device), self.loss) \
             + self.regularization(net)
