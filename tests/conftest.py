@@ -2,6 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+# the test problems are tiny: one thread avoids oversubscription on small CI machines
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

@@ -43,9 +43,11 @@ with q = p (``Selection``: q = p · u) and ψ = σ (``Standard``/``Selection``) 
   right-hand sides): c = −q / (α ω_i), H = ⟨p, f0⟩ − Σ_i qᵀ G q / (2 α ω_i).
 * **Otherwise** (tanh, sigmoid, …) a discrete control set followed by Newton polishing:
   every stationary point satisfies c = −q σ'(z)/(α ω_i), so a global minimizer lies in the box
-  |c_k| ≤ L_σ |q_k| / (α ω_i). The box is sampled by a tensor grid of ``inner_points`` per
-  dimension (at most 256 candidates in all), the best candidate is refined by damped Newton
-  steps on c + q σ'(z)/(α ω_i) = 0, accepted only where they lower the objective. For B = 1
+  |c_k| ≤ L_σ |q_k| / (α ω_i), and on its one-signed half c_k q_k ≤ 0 when σ' ≥ 0 (tanh,
+  sigmoid, softplus, ReLU). The box is sampled by a tensor grid of ``inner_points`` per
+  dimension (quadratically spaced towards c = 0, at most 256 candidates in all), and the best
+  candidate is refined by Newton steps on c + q σ'(z)/(α ω_i) = 0 (steepest descent where the
+  Newton direction does not descend) with a backtracking line search on the objective. For B = 1
   and no fixed pre-activation the row problem is unimodal for tanh (its stationary point is
   unique), so the global minimum is found.
 
@@ -114,6 +116,8 @@ TERMINALS = ("state", "mean")
 _BOUNDED = {"tanh": 1.0, "sigmoid": 1.0}
 _DTYPE = torch.float64
 _MAX_CANDIDATES = 256
+#: built-in activations with σ' >= 0 (the inner search box is then one-signed)
+_MONOTONE = ("tanh", "sigmoid", "softplus", "relu", "identity")
 _CHUNK_BYTES = 48 * 2**20
 
 
@@ -255,7 +259,7 @@ class ReducedProblem:
         if "b" in self.controls:
             G = G + 1.0
         if "w" in self.controls:
-            G = G + torch.einsum("...kj,...lj->...kl", F * self.weights, F)
+            G = G + ((F * self.weights)[..., :, None, :] * F[..., None, :, :]).sum(-1)
         return G
 
     def _z0(self, F: torch.Tensor) -> torch.Tensor:
@@ -298,7 +302,7 @@ class ReducedProblem:
 
     # -- the Hamiltonian ------------------------------------------------------------------------
     def minimize(
-        self, v: torch.Tensor, p: torch.Tensor, inner_points: int = 9, newton_iters: int = 8
+        self, v: torch.Tensor, p: torch.Tensor, inner_points: int = 7, newton_iters: int = 8
     ) -> RowSolution:
         """The infimum over θ in H(v, p) for states ``v`` and costates ``p`` of shape
         ``(M, D)`` (closed form or discrete set + Newton, see the module docstring)."""
@@ -313,7 +317,7 @@ class ReducedProblem:
         else:
             c = _minimize_rows(q, z0, G, kap, self.dynamics.activation, inner_points,
                                newton_iters)
-        s = torch.einsum("mkl,mli->mki", G, c)  # (G c)_ki
+        s = (G[:, :, :, None] * c[:, None, :, :]).sum(2)  # (G c)_ki
         z = z0 + s
         f = self._psi(z)
         if self.selection:
@@ -332,7 +336,7 @@ class ReducedProblem:
         F = self._features(self.unflatten(v))
         M = v.shape[0]
         if "w" in self.controls:
-            w = torch.einsum("mki,mkj->mij", c, F)
+            w = (c[:, :, :, None] * F[:, :, None, :]).sum(1)  # Σ_k c_ki φ_kj
         else:
             w = self.w0.expand(M, self.N, self.N).clone()
         b = c.sum(1) if "b" in self.controls else self.b0.expand(M, self.N).clone()
@@ -366,6 +370,11 @@ class ReducedProblem:
         }
 
 
+def _matvec(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(G c) over the last axis by broadcasting (tiny batched matmuls are slow on CPU)."""
+    return (G * c.unsqueeze(-2)).sum(-1)
+
+
 def _tanh_derivs(z):
     t = torch.tanh(z)
     d1 = 1.0 - t * t
@@ -387,6 +396,15 @@ def _softplus_derivs(z):
 _DERIVATIVES = {"tanh": _tanh_derivs, "sigmoid": _sigmoid_derivs, "softplus": _softplus_derivs}
 
 
+def _line_search(phi, c, d, lo, hi, fractions):
+    """Best of c + τ d (τ in ``fractions``, clamped to the box) per row: (c_new, φ(c_new))."""
+    cand = torch.clamp(c[:, None] + fractions * d[:, None], lo[:, None], hi[:, None])
+    val = phi(cand)
+    val = torch.where(torch.isfinite(val), val, torch.inf)
+    best, pick = val.min(-1)
+    return cand[torch.arange(c.shape[0]), pick], best
+
+
 def _minimize_rows(q, z0, G, kap, act, inner_points: int, newton_iters: int) -> torch.Tensor:
     """min_c Σ_k q_k σ(z0_k + (G c)_k) + (κ/2) cᵀ G c per (point, node); returns ``(M, B, N)``.
 
@@ -399,26 +417,49 @@ def _minimize_rows(q, z0, G, kap, act, inner_points: int, newton_iters: int) -> 
     Gx = G[:, None]  # (M, 1, B, B)
     radius = act.lipschitz * qt.abs() / k
     m = max(2, min(int(inner_points), int(math.floor(_MAX_CANDIDATES ** (1.0 / B) + 1e-9))))
-    lin = torch.linspace(-1.0, 1.0, m, dtype=q.dtype)
+    if act.builtin and act.name in _MONOTONE:
+        # σ' >= 0: a stationary point has c_k = −q_k σ'(z_k)/κ, i.e. c_k q_k <= 0
+        lin = torch.linspace(0.0, 1.0, m, dtype=q.dtype) ** 2  # denser near c = 0
+        lo_box = torch.where(qt > 0, -radius, torch.zeros_like(radius))
+        hi_box = torch.where(qt > 0, torch.zeros_like(radius), radius)
+    else:
+        lin = torch.linspace(-1.0, 1.0, m, dtype=q.dtype)
+        lin = lin.abs() * lin
+        lo_box, hi_box = -radius, radius
     S = torch.cartesian_prod(*([lin] * B)).reshape(-1, B)  # (K, B)
 
     def objective(c):  # c (..., B) broadcast with (M, N, [K,] B)
         extra = c.dim() - qt.dim()
         Gb = Gx[:, :, None] if extra else Gx
-        s = (Gb @ c.unsqueeze(-1)).squeeze(-1)
+        s = _matvec(Gb, c)
         qq = qt[:, :, None] if extra else qt
         zz = (z0t[:, :, None] if extra else z0t) + s
         kk = k[..., None] if extra else k
         return (qq * act.fn(zz)).sum(-1) + 0.5 * kk[..., 0] * (c * s).sum(-1)
 
-    cand = S[None, None] * radius[:, :, None, :]  # (M, N, K, B)
+    def objective_at(idx):
+        """φ restricted to the (point, node) pairs ``idx``, for candidates (n, L, B)."""
+        qs, zs = qt[idx], z0t[idx]
+        Gs, ks = Gx.expand(M, N, B, B)[idx], k.expand(M, N, 1)[idx]
+
+        def phi(c):
+            sv = (Gs[:, None] * c[..., None, :]).sum(-1)
+            return (qs[:, None] * act.fn(zs[:, None] + sv)).sum(-1) + 0.5 * ks * (c * sv).sum(-1)
+
+        return phi
+
+    if lin[0] == 0.0:  # one-signed box: c = −sign(q) · s · radius
+        cand = -torch.sign(qt)[:, :, None, :] * S[None, None] * radius[:, :, None, :]
+    else:
+        cand = S[None, None] * radius[:, :, None, :]  # (M, N, K, B)
     best = objective(cand).argmin(-1)  # (M, N)
     c = torch.gather(cand, 2, best[:, :, None, None].expand(M, N, 1, B)).squeeze(2)
     obj = objective(c)
     eye = torch.eye(B, dtype=q.dtype)
+    fractions = 0.5 ** torch.arange(1, 9, dtype=q.dtype)[:, None]  # backtracking line search
     derivs = _DERIVATIVES.get(act.name) if act.builtin else None
     for _ in range(newton_iters):
-        s = (Gx @ c.unsqueeze(-1)).squeeze(-1)
+        s = _matvec(Gx, c)
         z = z0t + s
         if derivs is not None:
             d1, d2 = derivs(z)
@@ -428,20 +469,40 @@ def _minimize_rows(q, z0, G, kap, act, inner_points: int, newton_iters: int) -> 
         r = qt * d1 + k * c
         J = (qt * d2)[..., :, None] * Gx + k[..., None] * eye
         if B == 1:
-            step = r / J[..., 0]
-            ok = J[..., 0, 0].abs() > 0
-            step = torch.where(ok[..., None], step, torch.zeros_like(step))
+            det = J[..., 0, 0]
+            ok = det.abs() > 0
+            step = torch.where(ok[..., None], r / torch.where(ok, det, 1.0)[..., None], 0.0)
+        elif B == 2:  # Cramer's rule (batched tiny solves are slow)
+            a, b_, c_, d = J[..., 0, 0], J[..., 0, 1], J[..., 1, 0], J[..., 1, 1]
+            det = a * d - b_ * c_
+            ok = det.abs() > 1e-300
+            det = torch.where(ok, det, 1.0)
+            step = torch.stack([(d * r[..., 0] - b_ * r[..., 1]) / det,
+                                (a * r[..., 1] - c_ * r[..., 0]) / det], -1)
+            step = torch.where(ok[..., None], step, 0.0)
         else:
             step, info = torch.linalg.solve_ex(J, r.unsqueeze(-1))
             step = torch.where((info == 0)[..., None, None], step, torch.zeros_like(step))
             step = step.squeeze(-1)
-        cn = torch.clamp(c - step, -radius, radius)
+        d = -step
+        # Newton direction where it descends (∇φ = G r), else the scaled steepest descent
+        slope = (_matvec(Gx, r) * d).sum(-1)
+        d = torch.where((slope < 0)[..., None], d, -r / k)
+        # full step everywhere; a backtracking line search only where it does not decrease φ
+        cn = torch.clamp(c + d, lo_box, hi_box)
         on = objective(cn)
         better = torch.isfinite(on) & (on <= obj)
+        bad = ~better
+        if bool(bad.any()):
+            idx = bad.nonzero(as_tuple=True)
+            sub_c, sub_v = _line_search(objective_at(idx), c[idx], d[idx], lo_box[idx],
+                                        hi_box[idx], fractions)
+            cn[idx], on[idx] = sub_c, sub_v
+            better = torch.isfinite(on) & (on <= obj)
+        moved = float(((cn - c).abs() * better[..., None]).max())
         c = torch.where(better[..., None], cn, c)
         obj = torch.where(better, on, obj)
-        if float((step.abs() * better[..., None]).max()) <= 1e-13 * (1.0 + float(
-                radius.max())):
+        if moved <= 1e-13 * (1.0 + float(radius.max())):
             break
     return c.transpose(1, 2).contiguous()
 
@@ -564,7 +625,7 @@ class HJBOptions:
     cfl: float = 0.9
     snapshots: int = 11
     max_memory: int | None = None
-    inner_points: int = 9
+    inner_points: int = 7
     newton_iters: int = 8
     max_steps: int = 1_000_000
 
@@ -1011,7 +1072,7 @@ def direct_method(
         grads = torch.autograd.grad(J, params)
         gnorm = float(torch.sqrt(sum((g * g).sum() for g in grads)))
         n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
-        res = DirectResult(float(J), float(running), float(term),
+        res = DirectResult(J.item(), running.item(), term.item(),
                            w.detach() if "w" in problem.controls else None,
                            b.detach() if "b" in problem.controls else None,
                            uT.detach().reshape(-1), n_iter, gnorm)

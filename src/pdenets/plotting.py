@@ -62,3 +62,93 @@ def plot_field(u, ts, nodes, shape, path, title: str = "u(x,t)") -> None:
             a.set_title(f"t={ts[k]:.2f}", fontsize=8)
             a.axis("off")
     save_figure(fig, path)
+
+
+def plot_curves(history: list[dict], path, title: str = "training") -> None:
+    """Training objective, validation loss and validation accuracy against epochs."""
+    ep = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].semilogy(ep, [r["train_objective"] for r in history], label="train objective J")
+    axes[0].semilogy(ep, [r["val_loss"] for r in history], label="validation loss")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend()
+    acc = [r["val_accuracy"] for r in history]
+    if all(a == a for a in acc):
+        axes[1].plot(ep, [100 * a for a in acc], color="C2")
+        axes[1].set_ylabel("validation accuracy (%)")
+    axes[1].set_xlabel("epoch")
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_depth_slices(net, x, labels, disc, path, n_slices: int = 5) -> None:
+    """The field u(·, t) at depth slices for a few inputs (rows) — images in 2-D."""
+    import torch
+
+    ts = [k * net.T / disc.steps for k in
+          np.unique(np.linspace(0, disc.steps, n_slices).round().astype(int))]
+    with torch.no_grad():
+        sol = net.solve(x, disc, saveat=ts)
+    us = sol.us.cpu().numpy()
+    grid = sol.grid
+    B = us.shape[1]
+    fig, axes = plt.subplots(B, len(ts), figsize=(1.9 * len(ts), 1.9 * B), squeeze=False)
+    for i in range(B):
+        vmax = float(np.abs(us[:, i]).max()) or 1.0
+        for j, t in enumerate(ts):
+            ax = axes[i, j]
+            if grid.dim == 2 and grid.shape is not None:
+                ax.imshow(us[j, i].reshape(grid.shape), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+                ax.axis("off")
+            else:
+                order = np.argsort(grid.nodes[:, 0].cpu().numpy())
+                ax.plot(grid.nodes[order, 0].cpu().numpy(), us[j, i][order])
+                ax.set_ylim(-1.05 * vmax, 1.05 * vmax)
+                ax.tick_params(labelsize=6)
+            if i == 0:
+                ax.set_title(f"t = {t:.2f}", fontsize=8)
+        axes[i, 0].set_ylabel(f"label {labels[i]}", fontsize=8)
+    fig.suptitle("u(x, t) at depth slices", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_decision_regions(net, ds, path, resolution: int = 200) -> None:
+    """Decision regions of a classifier on 2-feature data, with the test points."""
+    import torch
+
+    x = np.concatenate([ds.x_train, ds.x_test])
+    lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+    g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], resolution),
+                         np.linspace(lo[1], hi[1], resolution))
+    pts = torch.as_tensor(np.stack([g0.ravel(), g1.ravel()], 1),
+                          dtype=next(net.parameters()).dtype)
+    with torch.no_grad():
+        pred = net(pts).argmax(1).cpu().numpy().reshape(g0.shape)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.contourf(g0, g1, pred, alpha=0.3, cmap="coolwarm")
+    ax.scatter(ds.x_test[:, 0], ds.x_test[:, 1], c=ds.y_test, s=8, cmap="coolwarm",
+               edgecolors="k", linewidths=0.2)
+    ax.set_title(f"decision regions ({ds.name}, test points)", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_run(out, net, ds, history, cfg=None) -> list[str]:
+    """All plots of a training run into directory ``out``; returns the file names."""
+    from pathlib import Path
+
+    import torch
+
+    out = Path(out)
+    files = []
+    if history:
+        plot_curves(history, out / "curves.png", f"{ds.name}: {cfg.train.method if cfg else ''}")
+        files.append("curves.png")
+    k = min(4, len(ds.x_test))
+    if k:
+        x = torch.as_tensor(ds.x_test[:k], dtype=next(net.parameters()).dtype)
+        plot_depth_slices(net, x, list(ds.y_test[:k]), net.discretization, out / "field.png")
+        files.append("field.png")
+    if ds.input_shape == (2,) and ds.task == "classification":
+        plot_decision_regions(net, ds, out / "decision_regions.png")
+        files.append("decision_regions.png")
+    return files

@@ -1,8 +1,67 @@
-"""Analysis toolkit (MODEL.md §3, §6, §9 and large-time behaviour).
+"""Analysis toolkit (MODEL.md §3, §6, §9 and the large-time behaviour of §1).
 
-* :mod:`.stability` — Gronwall bounds vs observed sensitivities, Lipschitz estimates (§3).
+* :mod:`.stability` — Gronwall bounds against observed sensitivities to input and control
+  perturbations; power-iteration Lipschitz estimates of u(0) ↦ u(T) (§3).
+* :mod:`.hessian` — reduced objective, Hessian-vector products, Lanczos, second-order
+  certification of critical points: strict minimizer / saddle (with a verified descent
+  direction) / degenerate (§6).
+* :mod:`.controllability` — terminal misfit against α → 0, depth T and sample count K, by
+  L-BFGS (§9).
+* :mod:`.steady_state` — steady states of time-independent controls by Newton, the spectrum of
+  the linearization, stability verdict and a confirming large-time simulation (§1).
+
+See ``docs/analysis.md`` for usage and the command-line front end ``pdenets analyze``.
 """
 
-from .stability import gronwall_factor
+from .controllability import (
+    ControllabilityReport,
+    FitResult,
+    controllability_study,
+    fit,
+    misfit_vs_alpha,
+    misfit_vs_horizon,
+    misfit_vs_samples,
+    terminal_misfit,
+)
+from .hessian import (
+    HessianReport,
+    LanczosResult,
+    ReducedObjective,
+    certify,
+    lanczos,
+    select_parameters,
+)
+from .stability import (
+    LipschitzEstimate,
+    SensitivityReport,
+    StabilityReport,
+    control_sensitivity,
+    flow_map,
+    gronwall_factor,
+    input_sensitivity,
+    integrated_operator_norm,
+    lipschitz_estimate,
+    operator_norm,
+    stability_report,
+    weighted_norm,
+)
+from .steady_state import (
+    FrozenControls,
+    SteadyStateReport,
+    analyze_steady_state,
+    find_steady_state,
+    frozen_operator,
+    linearization,
+    simulate_near,
+)
 
-__all__ = ["gronwall_factor"]
+__all__ = [
+    "ControllabilityReport", "FitResult", "FrozenControls", "HessianReport", "LanczosResult",
+    "LipschitzEstimate", "ReducedObjective", "SensitivityReport", "StabilityReport",
+    "SteadyStateReport", "analyze_steady_state", "certify", "control_sensitivity",
+    "controllability_study", "find_steady_state", "fit", "flow_map", "frozen_operator",
+    "gronwall_factor", "input_sensitivity", "integrated_operator_norm", "lanczos",
+    "linearization", "lipschitz_estimate", "misfit_vs_alpha", "misfit_vs_horizon",
+    "misfit_vs_samples", "operator_norm", "select_parameters", "simulate_near",
+    "stability_report", "terminal_misfit", "weighted_norm",
+]

@@ -1,0 +1,44 @@
+"""``pdenets train``: train a continuum network and write a results directory."""
+
+from __future__ import annotations
+
+from ..config import load_config
+from ._common import add_json_flag, emit
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a network (default: the embedded digits configuration)",
+        description="Train the continuum network (MODEL.md §4-5). With no arguments it trains "
+        "the embedded default on scikit-learn's digits and writes runs/digits/: config.toml, "
+        "metrics.json, metrics.jsonl, model.safetensors, curves.png, field.png.",
+    )
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.method=lbfgs (repeatable)")
+    p.add_argument("--out", default=None, help="results directory (default: runs/<dataset>)")
+    p.add_argument("--resume", action="store_true",
+                   help="resume the interrupted run in OUT.partial from its checkpoint")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..training import run_training
+
+    cfg = load_config(args.config, args.set)
+    out = args.out or str(Path("runs") / Path(cfg.data.name).stem)
+    m = run_training(cfg, out, resume=args.resume, progress=not (args.quiet or args.json),
+                     plots=not args.no_plots)
+    acc = m["test_accuracy"]
+    line = (f"{m['dataset']}: test accuracy {100 * acc:.2f}%, " if acc == acc else
+            f"{m['dataset']}: ") + (
+        f"test loss {m['test_loss']:.4f}, best epoch {m['best_epoch']}/{m['epochs_run']}, "
+        f"{m['wall_seconds']:.1f} s; results in {out}/")
+    emit(args, m, line)
+    return 0

@@ -1,0 +1,280 @@
+"""Run configuration: TOML files and ``--set key=value`` overrides with dotted keys.
+
+Every option has a default, so ``pdenets train`` with no arguments trains the embedded default
+(digits). A configuration is a tree of dataclasses; TOML tables and dotted keys address it
+(``train.method``, ``model.width``, ...). Unknown keys, wrong types and invalid values raise
+:class:`~pdenets.errors.ConfigError` naming the key (with a suggestion for typos).
+
+Other layers extend the options of ``[train]`` for their methods (e.g. MSA's ``rho``) by adding
+fields to :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: dataset name or file, split fractions and seed (see :mod:`pdenets.data`)."""
+
+    name: str = "digits"
+    seed: int = 0
+    test_fraction: float = 0.25
+    val_fraction: float = 0.1
+    n_samples: int = 1000
+    standardize: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """``[model]``: architecture and default discretization (0 = automatic)."""
+
+    dynamics: str = "standard"
+    activation: str = "tanh"
+    eps: float = 0.0
+    T: float = 1.0
+    control_size: int = 0
+    intervals: int = 4
+    time_basis: str = "linear"
+    rule: str = "midpoint"
+    width: int = 0
+    solver: str = "rk4"
+    steps: int = 8
+    readout: str = "linear"
+    learnable_lifting: bool = False
+    init_scale: float = 0.5
+
+
+@dataclass
+class ObjectiveConfig:
+    """``[objective]``: loss (``auto`` = from the data) and regularization α, β (§4)."""
+
+    loss: str = "auto"
+    alpha: float = 1e-4
+    beta: float = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    """``[train]``: optimization method and its parameters."""
+
+    method: str = "adam"
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    patience: int = 0
+    gradient: str = "discrete"
+    checkpoint_segments: int = 0
+    adjoint_steps: int = 0
+    lbfgs_iterations: int = 20
+    lbfgs_lr: float = 1.0
+    history_size: int = 20
+    clip_norm: float = 0.0
+    checkpoint_every: int = 1
+    eval_batch_size: int = 2048
+    # method of successive approximations (MODEL.md §7)
+    msa_rho: float = 1.0
+    msa_inner_steps: int = 10
+    msa_inner_lr: float = 0.05
+    # multilevel (coarse-to-fine) training (MODEL.md §2)
+    levels: int = 3
+    level_method: str = "adam"
+    level_epochs: str = ""
+
+
+@dataclass
+class Config:
+    """A whole run: seed, dtype, device and the sections."""
+
+    seed: int = 0
+    dtype: str = "float64"
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved configuration as TOML (readable back by :func:`load_config`)."""
+        d = self.to_dict()
+        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+        for k, v in d.items():
+            if isinstance(v, dict):
+                lines.append(f"\n[{k}]")
+                lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert ``value`` (TOML value or --set string) to the type of the default."""
+    typ = type(current)
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        try:
+            if typ is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if typ is int:
+                return int(text)
+            if typ is float:
+                return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is bool and not isinstance(value, bool) or (
+            typ is not bool and isinstance(value, bool)) or not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}")
+    return value
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        fields = _fields(obj)
+        if part not in fields:
+            where = ".".join(parts[:i]) or "top level"
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r} ({part!r} is not an option of "
+                              f"{where}){hint}")
+        cur = getattr(obj, part)
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(cur):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key} is a section; set its keys, e.g. {key}.<name>")
+                for k, v in value.items():
+                    _set(cfg, f"{key}.{k}", v)
+            else:
+                setattr(obj, part, _coerce(value, cur, key))
+        else:
+            if not dataclasses.is_dataclass(cur):
+                raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section")
+            obj = cur
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the TOML file ``path``, then ``overrides`` (``key=value`` strings)."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        for k, v in data.items():
+            _set(cfg, k, v)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        _set(cfg, k.strip(), v)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check value ranges and choices; raise :class:`ConfigError` naming the key."""
+    from .activations import ACTIVATIONS
+    from .adjoint import ADJOINTS
+    from .controls import TIME_BASES
+    from .data import BUILTIN
+    from .dynamics import DYNAMICS
+    from .integrators import SOLVERS
+    from .objective import LOSSES
+    from .quadrature import RULES
+
+    def choice(key, value, options):
+        if value not in options:
+            raise ConfigError(f"{key}: unknown value {value!r}; choose one of "
+                              f"{', '.join(options)}")
+
+    def positive(key, value, allow_zero=False):
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+    from .training import METHODS, SCHEDULES
+
+    choice("dtype", cfg.dtype, ("float32", "float64"))
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"device: expected 'cpu' or 'cuda[:k]', got {cfg.device!r}")
+    d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
+    if d.name not in BUILTIN and not Path(d.name).suffix:
+        choice("data.name", d.name, BUILTIN)
+    for key in ("test_fraction", "val_fraction"):
+        v = getattr(d, key)
+        if not (0 <= v < 1) or (key == "test_fraction" and v == 0):
+            raise ConfigError(f"data.{key}: must lie in (0, 1), got {v}")
+    positive("data.n_samples", d.n_samples)
+    choice("model.dynamics", m.dynamics, tuple(DYNAMICS))
+    choice("model.activation", m.activation, ACTIVATIONS)
+    choice("model.time_basis", m.time_basis, TIME_BASES)
+    choice("model.rule", m.rule, tuple(RULES))
+    choice("model.solver", m.solver, tuple(SOLVERS))
+    choice("model.readout", m.readout, ("linear", "cell_average"))
+    positive("model.eps", m.eps, allow_zero=True)
+    positive("model.T", m.T)
+    positive("model.control_size", m.control_size, allow_zero=True)
+    if m.control_size == 1:
+        raise ConfigError("model.control_size: needs >= 2 vertices per axis (or 0 = auto)")
+    positive("model.intervals", m.intervals)
+    positive("model.width", m.width, allow_zero=True)
+    positive("model.steps", m.steps)
+    positive("model.init_scale", m.init_scale, allow_zero=True)
+    choice("objective.loss", o.loss, ("auto", *LOSSES))
+    positive("objective.alpha", o.alpha, allow_zero=True)
+    positive("objective.beta", o.beta, allow_zero=True)
+    choice("train.method", t.method, METHODS)
+    choice("train.level_method", t.level_method, tuple(x for x in METHODS if x != "multilevel"))
+    choice("train.schedule", t.schedule, SCHEDULES)
+    choice("train.gradient", t.gradient, tuple(ADJOINTS))
+    positive("train.epochs", t.epochs)
+    positive("train.batch_size", t.batch_size)
+    positive("train.lr", t.lr)
+    for key in ("momentum", "weight_decay", "clip_norm", "msa_rho"):
+        positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    for key in ("warmup_epochs", "patience", "checkpoint_segments", "adjoint_steps"):
+        positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    for key in ("lbfgs_iterations", "history_size", "checkpoint_every", "eval_batch_size",
+                "msa_inner_steps", "levels"):
+        positive(f"train.{key}", getattr(t, key))
+    positive("train.msa_inner_lr", t.msa_inner_lr)
+    positive("train.lbfgs_lr", t.lbfgs_lr)
+    if t.gradient == "continuous" and m.eps > 0:
+        raise ConfigError("train.gradient = 'continuous' is unavailable with model.eps > 0 "
+                          "(backward heat equation); use 'discrete'")

@@ -1,0 +1,226 @@
+"""Training layer: config, data, resume-equals-uninterrupted, results directory, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import pdenets as pn
+from pdenets.config import load_config
+from pdenets.data import load_dataset, preprocess
+from pdenets.errors import ConfigError, PdenetsError
+from pdenets.training import Trainer, run_training
+
+SMALL = ["data.name=iris", "train.epochs=4", "train.batch_size=32", "model.steps=4",
+         "model.intervals=2", "model.width=8", "model.control_size=5"]
+
+
+def test_config_defaults_overrides_and_errors(tmp_path):
+    cfg = load_config()
+    assert cfg.data.name == "digits" and cfg.train.method == "adam"
+    cfg = load_config(None, ["train.method=lbfgs", "model.width=32", "objective.alpha=0.5",
+                             "model.learnable_lifting=true"])
+    assert (cfg.train.method, cfg.model.width, cfg.objective.alpha,
+            cfg.model.learnable_lifting) == ("lbfgs", 32, 0.5, True)
+    f = tmp_path / "c.toml"
+    f.write_text('seed = 3\n[train]\nmethod = "sgd"\nlr = 1\n[model]\nsolver = "heun"\n')
+    cfg = load_config(f, ["train.lr=0.5"])
+    assert cfg.seed == 3 and cfg.train.method == "sgd" and cfg.train.lr == 0.5
+    assert cfg.model.solver == "heun"
+    # the resolved config round-trips through TOML
+    (tmp_path / "r.toml").write_text(cfg.to_toml())
+    assert load_config(tmp_path / "r.toml") == cfg
+    bad = [
+        (["train.methd=adam"], "did you mean 'train.method'"),
+        (["trian.method=adam"], "unknown config key"),
+        (["train.method=newton"], "train.method: unknown value 'newton'"),
+        (["model.width=abc"], "model.width: expected a int"),
+        (["model.steps=0"], "model.steps: must be > 0"),
+        (["train.lr=-1"], "train.lr"),
+        (["data.test_fraction=1.5"], "data.test_fraction"),
+        (["model.activation=gelu"], "model.activation"),
+        (["noequals"], "key=value"),
+        (["train=3"], "is a section"),
+        (["model.eps=0.1", "train.gradient=continuous"], "continuous"),
+    ]
+    for sets, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, sets)
+    f.write_text("[train\nmethod=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(f)
+    f.write_text('[train]\nepochs = "many"\n')
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(f)
+
+
+def test_datasets_splits_are_fixed_and_stratified():
+    ds = load_dataset("digits")
+    assert ds.input_shape == (8, 8) and ds.n_outputs == 10
+    n = len(ds.x_train) + len(ds.x_val) + len(ds.x_test)
+    assert n == 1797 and len(ds.x_test) == 450  # 25 % test
+    # stratified: each class's test count is 25 % of its total, within one sample
+    from sklearn.datasets import load_digits
+
+    totals = np.bincount(load_digits().target, minlength=10)
+    counts = np.bincount(ds.y_test, minlength=10)
+    assert np.all(np.abs(counts - 0.25 * totals) <= 1)
+    again = load_dataset("digits")
+    assert np.array_equal(ds.x_test, again.x_test)
+    assert ds.x_train.max() <= 1.0 and ds.x_train.min() >= 0.0
+    bc = load_dataset("breast_cancer")
+    assert abs(bc.x_train.mean()) < 1e-12 and bc.input_shape == (30,)
+    raw = bc.x_test * np.asarray(bc.preprocess["std"]) + np.asarray(bc.preprocess["mean"])
+    assert np.allclose(preprocess(raw, bc.preprocess), bc.x_test)
+    sp = load_dataset("spirals", n_samples=400)
+    assert sp.input_shape == (2,) and len(sp.x_test) == 100
+
+
+def test_user_data_files_validated(tmp_path):
+    x = np.random.default_rng(0).normal(size=(60, 3))
+    y = (x[:, 0] > 0).astype(int)
+    np.savez(tmp_path / "ok.npz", x=x, y=y)
+    ds = load_dataset(str(tmp_path / "ok.npz"))
+    assert ds.task == "classification" and ds.input_shape == (3,)
+    np.savetxt(tmp_path / "ok.csv", np.column_stack([x, y]), delimiter=",")
+    assert load_dataset(str(tmp_path / "ok.csv")).n_outputs == 2
+    np.savez(tmp_path / "reg.npz", x=x, y=x[:, 0] * 0.37 + 0.01 * np.arange(60))
+    assert load_dataset(str(tmp_path / "reg.npz")).task == "regression"
+    xn = x.copy()
+    xn[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=xn, y=y)
+    with pytest.raises(PdenetsError, match="NaN"):
+        load_dataset(str(tmp_path / "nan.npz"))
+    np.savez(tmp_path / "shape.npz", x=x, y=y[:50])
+    with pytest.raises(PdenetsError, match="y has shape"):
+        load_dataset(str(tmp_path / "shape.npz"))
+    np.savez(tmp_path / "nox.npz", a=x)
+    with pytest.raises(PdenetsError, match="'x' and 'y'"):
+        load_dataset(str(tmp_path / "nox.npz"))
+    (tmp_path / "bad.csv").write_text("1,2,x\n3,4,5\n")
+    with pytest.raises(PdenetsError, match="cannot read"):
+        load_dataset(str(tmp_path / "bad.csv"))
+    with pytest.raises(PdenetsError, match="does not exist"):
+        load_dataset(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.parametrize("method,extra", [("adam", []), ("sgd", ["train.lr=0.1"]),
+                                          ("lbfgs", ["train.lbfgs_iterations=3"]),
+                                          ("adam", ["train.gradient=continuous"])])
+def test_resume_equals_uninterrupted(tmp_path, method, extra):
+    sets = SMALL + [f"train.method={method}", *extra]
+    cfg = load_config(None, sets)
+    ds = load_dataset("iris")
+    full = Trainer(cfg, ds)
+    full.fit()
+    # interrupted after 2 epochs, resumed from the checkpoint by a fresh trainer
+    part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
+    part.fit(max_epochs=2)
+    resumed = Trainer(cfg, ds)
+    resumed.load_checkpoint(tmp_path / "ck.safetensors")
+    assert resumed.epoch == 2
+    resumed.fit()
+    for (k, a), (_, b) in zip(full.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [r["train_objective"] for r in full.history] == \
+        [r["train_objective"] for r in resumed.history]
+
+
+def test_training_reduces_objective_and_writes_results(tmp_path):
+    cfg = load_config(None, SMALL + ["train.epochs=15", "train.lr=0.2"])
+    m = run_training(cfg, tmp_path / "run", progress=False)
+    d = tmp_path / "run"
+    for f in ("config.toml", "metrics.json", "metrics.jsonl", "model.safetensors",
+              "checkpoint.safetensors", "curves.png", "field.png"):
+        assert (d / f).is_file(), f
+    assert not (tmp_path / "run.partial").exists()
+    metrics = json.loads((d / "metrics.json").read_text())
+    for key in ("train_loss", "val_accuracy", "test_accuracy", "test_loss", "wall_seconds"):
+        assert key in metrics
+    hist = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert len(hist) == 15 and hist[-1]["train_objective"] < hist[0]["train_objective"]
+    assert m["test_accuracy"] > 0.8  # iris is easy; chance is 1/3
+    net = pn.load_model(d / "model.safetensors")
+    assert net.extra["data"]["name"] == "iris"
+    assert load_config(d / "config.toml").train.epochs == 15
+
+
+def run_cli(*args, cwd=None):
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "pdenets", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd, env=env)
+
+
+def test_cli_train_evaluate_predict_plot(tmp_path):
+    out = tmp_path / "r"
+    r = run_cli("train", "--out", str(out), "--json", *sum([["--set", s] for s in SMALL], []))
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["out"] == str(out)
+    r = run_cli("evaluate", str(out / "model.safetensors"), "--width", "16", "--steps", "8",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["width_nodes"] == [16] and 0 <= ev["accuracy"] <= 1 and ev["loss"] > 0
+    r = run_cli("evaluate", str(out / "model.safetensors"), "--json")
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(m["test_accuracy"])
+    from sklearn.datasets import load_iris
+
+    np.save(tmp_path / "x.npy", load_iris().data[:5])
+    r = run_cli("predict", str(out / "model.safetensors"), str(tmp_path / "x.npy"), "--json")
+    assert r.returncode == 0, r.stderr
+    pred = json.loads(r.stdout)
+    assert len(pred["classes"]) == 5 and np.allclose(np.sum(pred["probabilities"], 1), 1)
+    (out / "curves.png").unlink()
+    r = run_cli("plot", str(out), "--json")
+    assert r.returncode == 0 and (out / "curves.png").is_file()
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--set", "train.methd=adam"], "did you mean"),
+    (["--set", "data.name=nosuchdata"], "data.name"),
+    (["--set", "model.width=-2"], "model.width"),
+    (["--config", "/nonexistent.toml"], "does not exist"),
+])
+def test_cli_train_bad_input(tmp_path, args, msg):
+    r = run_cli("train", "--out", str(tmp_path / "r"), *args)
+    assert r.returncode == 2 and msg in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_train_unwritable_and_nan_data(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_cli("train", "--out", str(blocker / "sub"), *sum([["--set", s] for s in SMALL], []))
+    assert r.returncode == 2 and "cannot write output directory" in r.stderr
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    x[0, 0] = np.nan
+    np.savez(tmp_path / "d.npz", x=x, y=(np.arange(40) % 2))
+    r = run_cli("train", "--out", str(tmp_path / "r"), "--set", f"data.name={tmp_path}/d.npz")
+    assert r.returncode == 2 and "NaN" in r.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+    r = run_cli("evaluate", str(tmp_path / "nomodel.safetensors"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_cli_resume(tmp_path):
+    out = tmp_path / "r"
+    sets = sum([["--set", s] for s in SMALL], [])
+    # a run that fails mid-way leaves only OUT.partial with a checkpoint
+    from pdenets.cli import main
+
+    cfg = load_config(None, SMALL)
+    ds = load_dataset("iris")
+    t = Trainer(cfg, ds, checkpoint_path=tmp_path / "r.partial" / "checkpoint.safetensors")
+    (tmp_path / "r.partial").mkdir()
+    t.fit(max_epochs=2)
+    assert main(["train", "--out", str(out), "--resume", "--quiet", *sets]) == 0
+    assert (out / "metrics.json").is_file() and not (tmp_path / "r.partial").exists()
+    hist = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(h)["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
