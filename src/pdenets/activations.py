@@ -46,6 +46,8 @@ class Activation:
     derivative: Fn
     lipschitz: float = 1.0
     builtin: bool = False
+    #: optional in-place variant of ``fn`` (used on fresh temporaries to save a pass)
+    inplace: Fn | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.fn) or not callable(self.derivative):
@@ -54,6 +56,10 @@ class Activation:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self.fn(z)
+
+    def apply_(self, z: torch.Tensor) -> torch.Tensor:
+        """σ(z), overwriting the temporary ``z`` when an in-place variant exists."""
+        return self.inplace(z) if self.inplace is not None else self.fn(z)
 
 
 def _tanh_d(z: torch.Tensor) -> torch.Tensor:
@@ -67,13 +73,14 @@ def _sigmoid_d(z: torch.Tensor) -> torch.Tensor:
 
 
 _BUILTIN: dict[str, Activation] = {
-    "tanh": Activation("tanh", torch.tanh, _tanh_d, 1.0, True),
-    "relu": Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1.0, True),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_d, 0.25, True),
+    "tanh": Activation("tanh", torch.tanh, _tanh_d, 1.0, True, torch.tanh_),
+    "relu": Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1.0, True,
+                       torch.relu_),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_d, 0.25, True, torch.sigmoid_),
     "softplus": Activation(
         "softplus", torch.nn.functional.softplus, torch.sigmoid, 1.0, True
     ),
-    "identity": Activation("identity", lambda z: z, torch.ones_like, 1.0, True),
+    "identity": Activation("identity", lambda z: z, torch.ones_like, 1.0, True, lambda z: z),
 }
 
 ACTIVATIONS: tuple[str, ...] = tuple(_BUILTIN)

@@ -82,7 +82,7 @@ class Standard(Dynamics):
     kind = "standard"
 
     def reaction(self, u, A, b):
-        return self.activation.fn(torch.addmm(b, u, A.T))
+        return self.activation.apply_(torch.addmm(b, u, A.T))
 
     def vjp(self, u, A, b, lam, lap=None):
         z = torch.addmm(b, u, A.T)
@@ -114,7 +114,7 @@ class Selection(Dynamics):
     kind = "selection"
 
     def reaction(self, u, A, b):
-        return u * self.activation.fn(torch.addmm(b, u, A.T))
+        return u * self.activation.apply_(torch.addmm(b, u, A.T))
 
     def vjp(self, u, A, b, lam, lap=None):
         z = torch.addmm(b, u, A.T)

@@ -86,7 +86,10 @@ class Solver:
                 f"{need}× more steps, or solver=IMEXEuler() / Strang()"
             )
 
-    def step(self, system: System, t0: float, h: float, u: torch.Tensor, stats: Stats):
+    def step(self, system: System, t0: float, h: float, u: torch.Tensor, stats: Stats,
+             inplace: bool = False):
+        """Advance u by one step of size h from t0. With ``inplace`` (no autograd) the solver
+        may overwrite ``u`` and reuse buffers."""
         raise NotImplementedError
 
 
@@ -111,7 +114,9 @@ class ExplicitRK(Solver):
             ks.append(system(t0 + ci * h, y, t0, t1))
         return ys, ks
 
-    def step(self, system, t0, h, u, stats):
+    def step(self, system, t0, h, u, stats, inplace=False):
+        if inplace:
+            return self._step_inplace(system, t0, h, u, stats)
         _, ks = self.stages(system, t0, h, u)
         stats.nfev += len(ks)
         out = u
@@ -120,6 +125,22 @@ class ExplicitRK(Solver):
                 out = out + (h * bi) * k
         return out
 
+    def _step_inplace(self, system, t0, h, u, stats):
+        t1 = t0 + h
+        ks: list[torch.Tensor] = []
+        for i, ci in enumerate(self.c):
+            y = u
+            for j, aij in enumerate(self.a[i]):
+                if aij != 0.0:
+                    y = torch.add(u, ks[j], alpha=h * aij) if y is u else y.add_(ks[j],
+                                                                                 alpha=h * aij)
+            ks.append(system(t0 + ci * h, y, t0, t1))
+        stats.nfev += len(ks)
+        for bi, k in zip(self.b, ks):
+            if bi != 0.0:
+                u.add_(k, alpha=h * bi)
+        return u
+
 
 class Euler(ExplicitRK):
     """Explicit Euler, order 1: u_{k+1} = u_k + h f(t_k, u_k) — exactly the ResNet of §1."""
@@ -127,9 +148,10 @@ class Euler(ExplicitRK):
     name, order, stability_limit = "euler", 1, 2.0
     a, b, c = ((),), (1.0,), (0.0,)
 
-    def step(self, system, t0, h, u, stats):
+    def step(self, system, t0, h, u, stats, inplace=False):
         stats.nfev += 1
-        return torch.add(u, system(t0, u, t0, t0 + h), alpha=h)
+        k = system(t0, u, t0, t0 + h)
+        return u.add_(k, alpha=h) if inplace else torch.add(u, k, alpha=h)
 
 
 class Heun(ExplicitRK):
@@ -274,7 +296,7 @@ class IMEXEuler(Solver):
 
     name, order = "imex-euler", 1
 
-    def step(self, system, t0, h, u, stats):
+    def step(self, system, t0, h, u, stats, inplace=False):
         stats.nfev += 1
         v = u + h * system.reaction(t0, u, t0, t0 + h)
         if system.eps > 0.0:
@@ -291,7 +313,7 @@ class Strang(Solver):
 
     name, order = "strang", 2
 
-    def step(self, system, t0, h, u, stats):
+    def step(self, system, t0, h, u, stats, inplace=False):
         half = (lambda lam: torch.exp(0.5 * h * system.eps * lam)) if system.eps > 0 else None
         t1 = t0 + h
         if half is not None:
@@ -363,14 +385,16 @@ def integrate(
                 )
             idx.setdefault(k, []).append(len(saved))
             saved.append(None)  # type: ignore[arg-type]
-        u = u0
+        # without autograd the solver may update the state in place (one private copy of u0)
+        inplace = not torch.is_grad_enabled()
+        u = u0.clone() if inplace else u0
         for j in idx.get(0, []):
-            saved[j] = u
+            saved[j] = u0
         for k in range(steps):
-            u = solver.step(system, k * h, h, u, stats)
+            u = solver.step(system, k * h, h, u, stats, inplace)
             stats.steps += 1
             for j in idx.get(k + 1, []):
-                saved[j] = u
+                saved[j] = u.clone() if inplace else u
         return u, saved, stats
     # adaptive
     assert isinstance(solver, Dopri5)

@@ -54,6 +54,9 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = True) -> Iterator
         raise PdenetsError(f"cannot write output directory {str(out)!r}: {e.strerror}") from None
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the usual directory mode
         if out.exists():
             if not overwrite:
                 raise PdenetsError(f"output directory {str(out)!r} already exists")
