@@ -193,3 +193,20 @@ def test_regularization_is_exact():
             db = (c.b[k + 1] - c.b[k]).detach() @ P.T
             ref += float(g.weights @ dW**2 @ g.weights + g.weights @ db**2) / d
         assert float(dsq) == pytest.approx(ref, rel=1e-12)
+
+
+def test_spatial_gradient_penalty_exact_on_affine_controls():
+    """∫‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖² for w = 1 + 2x₁ − 3y₀ + t x₀, b = 4x₁ − x₀ on [0,1]²:
+    |∇_x w|² = (t² + 4), |∇_y w|² = 9, |∇b|² = 17, integrated over t ∈ [0, 2]."""
+    from pdenets.objective import control_norms
+
+    c = pn.GridControls.from_functions(
+        lambda x, y, t: 1 + 2 * x[..., 1] - 3 * y[..., 0] + t * x[..., 0],
+        lambda x, t: 4 * x[..., 1] - x[..., 0], dim=2, size=(3, 4), intervals=2, T=2.0)
+    _, _, grad = control_norms(c, spatial=True)
+    exact = (8 / 3 + 4 * 2) + 9 * 2 + 17 * 2
+    assert float(grad) == pytest.approx(exact, rel=1e-12)
+    obj = pn.Objective("mse", gamma=0.5)
+    net = pn.ContinuumNetwork(c, pn.Standard(), pn.PiecewiseConstantLifting((2, 2)),
+                              pn.CellAverageReadout((1, 1)))
+    assert float(obj.regularization(net)) == pytest.approx(0.25 * exact, rel=1e-12)

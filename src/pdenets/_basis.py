@@ -73,3 +73,24 @@ def prolong(size_from: tuple[int, ...], size_to: tuple[int, ...], dtype=torch.fl
     for a in range(1, len(size_from)):
         P = torch.kron(P, prolong_1d(size_from[a], size_to[a], dtype))
     return P
+
+
+def stiffness_matrix_1d(k: int, dtype=torch.float64) -> torch.Tensor:
+    """Exact Gram matrix ∫ φ_i' φ_j' dx of the k hat functions on [0,1]."""
+    h = 1.0 / (k - 1)
+    K = np.zeros((k, k))
+    for i in range(k - 1):
+        K[i, i] += 1 / h
+        K[i + 1, i + 1] += 1 / h
+        K[i, i + 1] -= 1 / h
+        K[i + 1, i] -= 1 / h
+    return torch.as_tensor(K, dtype=dtype)
+
+
+def stiffness_matrix(size: tuple[int, ...], dtype=torch.float64) -> torch.Tensor:
+    """Exact Gram matrix ∫ ∇φ_i · ∇φ_j dx of the tensor-product hat basis on [0,1]^d."""
+    if len(size) == 1:
+        return stiffness_matrix_1d(size[0], dtype)
+    M0, M1 = mass_matrix_1d(size[0], dtype), mass_matrix_1d(size[1], dtype)
+    K0, K1 = stiffness_matrix_1d(size[0], dtype), stiffness_matrix_1d(size[1], dtype)
+    return torch.kron(K0, M1) + torch.kron(M0, K1)

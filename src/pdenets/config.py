@@ -61,6 +61,7 @@ class ObjectiveConfig:
     loss: str = "auto"
     alpha: float = 1e-4
     beta: float = 1e-4
+    gamma: float = 0.0
 
 
 @dataclass
@@ -89,10 +90,14 @@ class TrainConfig:
     msa_rho: float = 1.0
     msa_inner_steps: int = 10
     msa_inner_lr: float = 0.05
+    msa_inner_solver: str = "lbfgs"
+    msa_readout_steps: int = 10
+    msa_adapt_rho: bool = True
     # multilevel (coarse-to-fine) training (MODEL.md §2)
     levels: int = 3
     level_method: str = "adam"
     level_epochs: str = ""
+    level_coarsen: str = "all"
 
 
 @dataclass
@@ -259,6 +264,7 @@ def validate(cfg: Config) -> None:
     choice("objective.loss", o.loss, ("auto", *LOSSES))
     positive("objective.alpha", o.alpha, allow_zero=True)
     positive("objective.beta", o.beta, allow_zero=True)
+    positive("objective.gamma", o.gamma, allow_zero=True)
     choice("train.method", t.method, METHODS)
     choice("train.level_method", t.level_method, tuple(x for x in METHODS if x != "multilevel"))
     choice("train.schedule", t.schedule, SCHEDULES)
@@ -274,6 +280,18 @@ def validate(cfg: Config) -> None:
                 "msa_inner_steps", "levels"):
         positive(f"train.{key}", getattr(t, key))
     positive("train.msa_inner_lr", t.msa_inner_lr)
+    choice("train.msa_inner_solver", t.msa_inner_solver, ("lbfgs", "adam"))
+    positive("train.msa_readout_steps", t.msa_readout_steps, allow_zero=True)
+    choice("train.level_coarsen", t.level_coarsen, ("all", "discretization", "controls"))
+    if t.level_epochs.strip():
+        try:
+            le = [int(v) for v in t.level_epochs.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"train.level_epochs: expected comma-separated integers, got "
+                              f"{t.level_epochs!r}") from None
+        if len(le) != t.levels or any(v < 1 for v in le):
+            raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
+                              f"level, coarse to fine), got {t.level_epochs!r}")
     positive("train.lbfgs_lr", t.lbfgs_lr)
     if t.gradient == "continuous" and m.eps > 0:
         raise ConfigError("train.gradient = 'continuous' is unavailable with model.eps > 0 "

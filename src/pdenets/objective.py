@@ -55,62 +55,86 @@ def data_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.
     return 0.5 * ((outputs - targets) ** 2).sum(1).mean()
 
 
-def _mass(size, dtype, device):
-    return _basis.mass_matrix(size, dtype).to(device)
-
-
-def control_norms(ctrl: GridControls) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact ``(∫_0^T ‖w‖² + ‖b‖² dt, ∫_0^T ‖∂_t w‖² + ‖∂_t b‖² dt)`` of grid controls
-    (differentiable in the knot values)."""
-    M = _mass(ctrl.size, ctrl.w.dtype, ctrl.w.device)
-    W, Bv = ctrl.w, ctrl.b
-    # <U, V>_{L²(Ω×Ω)} = tr(Uᵀ M V M); <u, v>_{L²(Ω)} = uᵀ M v
-    MW = torch.matmul(M, W)  # (K, Nc, Nc)
-    WM = torch.matmul(W, M)
-    MB = Bv @ M
-
+def _time_integral(ctrl: GridControls, form) -> torch.Tensor:
+    """∫_0^T q(θ(t)) dt exactly, for a quadratic form q given by its bilinear ``form(i, j)``
+    between knots (vectorized over index tensors), for the control's depth interpolation."""
     delta = ctrl.T / ctrl.intervals
-    K = W.shape[0]
+    K = ctrl.n_knots
+    idx = torch.arange(K, device=ctrl.w.device)
+    diag = form(idx, idx)
     if ctrl.time_basis == "constant":
-        sq = ((MW * WM).sum() + (MB * Bv).sum()) * delta
-    else:
-        diag_w = (MW * WM).sum((1, 2))
-        diag_b = (MB * Bv).sum(1)
-        cross_w = (torch.matmul(M, W[:-1]) * torch.matmul(W[1:], M)).sum((1, 2))
-        cross_b = (MB[:-1] * Bv[1:]).sum(1)
-        sq = (delta / 3.0) * (
-            diag_w[:-1].sum() + diag_w[1:].sum() + cross_w.sum()
-            + diag_b[:-1].sum() + diag_b[1:].sum() + cross_b.sum()
-        )
-    if K > 1:
-        dW = W[1:] - W[:-1]
-        dB = Bv[1:] - Bv[:-1]
+        return delta * diag.sum()
+    cross = form(idx[:-1], idx[1:])
+    # ∫ over [t_k, t_k+1] of ((1-s) a + s b)² = Δ/3 (a² + ab + b²)
+    return (delta / 3.0) * (diag[:-1].sum() + diag[1:].sum() + cross.sum())
+
+
+def control_norms(ctrl: GridControls, spatial: bool = False):
+    """Exact integrals of the controls (differentiable in the knot values):
+
+    ``(∫_0^T ‖w‖² + ‖b‖² dt, ∫_0^T ‖∂_t w‖² + ‖∂_t b‖² dt)`` and, with ``spatial=True``, a third
+    entry ``∫_0^T ‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖² dt`` (norms in L²(Ω×Ω) and L²(Ω)).
+    """
+    dt, dev = ctrl.w.dtype, ctrl.w.device
+    M = _basis.mass_matrix(ctrl.size, dt).to(dev)
+    W, Bv = ctrl.w, ctrl.b
+
+    # <U, V> for the kernel with Gram matrices L (first variable x) and R (second variable y):
+    # Σ U_ab V_cd L_ac R_bd = sum((L U) ⊙ (V R))
+    def w_form(L, R):
+        return lambda i, j: (torch.matmul(L, W[i]) * torch.matmul(W[j], R)).sum((-2, -1))
+
+    def b_form(L):
+        return lambda i, j: ((Bv[i] @ L) * Bv[j]).sum(-1)
+
+    def both(fw, fb):
+        return lambda i, j: fw(i, j) + fb(i, j)
+
+    sq = _time_integral(ctrl, both(w_form(M, M), b_form(M)))
+    if ctrl.n_knots > 1:
+        delta = ctrl.T / ctrl.intervals
+        dW, dB = W[1:] - W[:-1], Bv[1:] - Bv[:-1]
         dsq = ((torch.matmul(M, dW) * torch.matmul(dW, M)).sum() + ((dB @ M) * dB).sum()) / delta
     else:
         dsq = W.new_zeros(())
-    return sq, dsq
+    if not spatial:
+        return sq, dsq
+    S = _basis.stiffness_matrix(ctrl.size, dt).to(dev)
+    grad = _time_integral(ctrl, both(lambda i, j: w_form(S, M)(i, j) + w_form(M, S)(i, j),
+                                     b_form(S)))
+    return sq, dsq, grad
 
 
 @dataclass(frozen=True)
 class Objective:
-    """J of MODEL.md §4: ``loss`` (``cross_entropy`` or ``mse``), α ≥ 0 and β ≥ 0."""
+    """J of MODEL.md §4: ``loss`` (``cross_entropy`` or ``mse``), α ≥ 0 and β ≥ 0.
+
+    ``gamma`` ≥ 0 adds (γ/2)∫(‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖²) dt, an H¹-in-width penalty
+    (our extension, not in MODEL.md §4): it favours kernels that vary smoothly with the
+    neuron positions, the continuum analogue of local, convolution-like weights.
+    """
 
     loss: str = "cross_entropy"
     alpha: float = 0.0
     beta: float = 0.0
+    gamma: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice(self.loss, LOSSES, "loss")
         check_nonnegative(self.alpha, "alpha")
         check_nonnegative(self.beta, "beta")
+        check_nonnegative(self.gamma, "gamma")
 
     def regularization(self, net) -> torch.Tensor:
-        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (zero for non-grid controls)."""
+        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for non-grid controls."""
         ctrl = net.controls
         p = next(net.parameters(), None)
         zero = torch.zeros((), dtype=p.dtype if p is not None else torch.float64)
-        if not isinstance(ctrl, GridControls) or (self.alpha == 0 and self.beta == 0):
+        if not isinstance(ctrl, GridControls) or (self.alpha == self.beta == self.gamma == 0):
             return zero
+        if self.gamma > 0:
+            sq, dsq, grad = control_norms(ctrl, spatial=True)
+            return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq + 0.5 * self.gamma * grad
         sq, dsq = control_norms(ctrl)
         return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq
 

@@ -50,19 +50,23 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(width nodes per axis, control vertices per axis) after resolving ``0 = auto``.
 
-    Images: one neuron per pixel and one control vertex per pixel. Feature vectors: at least
-    32 neurons, a multiple of the number of features (so the piecewise-constant lifting is
-    resolved exactly), and 9 to 17 control vertices.
+    Images: one neuron per pixel, and control vertices on the pixel corners (p + 1 per axis).
+    Feature vectors: at least 32 neurons, a multiple of the number of features (so the
+    piecewise-constant lifting is resolved exactly), and k + 1 control vertices with k the
+    largest divisor of the width ≤ 16. Either way the kinks of the multilinear controls lie on
+    cell boundaries of the midpoint rule at this width and at every multiple of it, so that
+    refining the width converges at second order (see the discretization-invariance test).
     """
     shape = ds.input_shape
     m = cfg.model
     if len(shape) == 2:
         width = (m.width,) * 2 if m.width else shape
-        ctrl = (m.control_size,) * 2 if m.control_size else tuple(max(2, s) for s in shape)
+        ctrl = (m.control_size,) * 2 if m.control_size else tuple(s + 1 for s in shape)
     else:
         n = shape[0]
         width = (m.width,) if m.width else (n * math.ceil(32 / n),)
-        ctrl = (m.control_size,) if m.control_size else (min(max(9, n + 1), 17),)
+        k = max(d for d in range(1, 17) if width[0] % d == 0)
+        ctrl = (m.control_size,) if m.control_size else (max(k, 1) + 1,)
     return width, ctrl
 
 
@@ -87,7 +91,7 @@ def make_objective(cfg: Config, ds: Dataset) -> Objective:
     loss = ds.loss if cfg.objective.loss == "auto" else cfg.objective.loss
     if loss == "cross_entropy" and ds.task != "classification":
         raise ConfigError("objective.loss = 'cross_entropy' needs integer class labels")
-    return Objective(loss, cfg.objective.alpha, cfg.objective.beta)
+    return Objective(loss, cfg.objective.alpha, cfg.objective.beta, cfg.objective.gamma)
 
 
 def make_adjoint_from_config(cfg: Config) -> Adjoint | None:
@@ -334,11 +338,12 @@ class Trainer:
         self.history = info["history"]
 
     # -- main loop --------------------------------------------------------------------------
-    def fit(self, max_epochs: int | None = None) -> TrainResult:
+    def fit(self, max_epochs: int | None = None, restore_best: bool = True) -> TrainResult:
         """Train until ``train.epochs`` or early stopping; restore the best controls.
 
         ``max_epochs`` stops after that many more epochs (as an interruption would: the
-        schedule still refers to ``train.epochs``), leaving a resumable checkpoint."""
+        schedule still refers to ``train.epochs``), leaving a resumable checkpoint.
+        ``restore_best=False`` keeps the last iterate instead of the best-validation one."""
         cfg = self.cfg
         t = cfg.train
         stop_at = t.epochs if max_epochs is None else min(t.epochs, self.epoch + max_epochs)
@@ -406,7 +411,7 @@ class Trainer:
                 bar.close()
             if log is not None:
                 log.close()
-        if len(self.data["val"][0]):
+        if restore_best and len(self.data["val"][0]):
             self.net.load_state_dict(self.best_state)
         return self._result(stopped)
 
