@@ -13,7 +13,7 @@ ACTS = ["tanh", "relu", "sigmoid", "softplus", "identity"]
 
 def small_net(variant="standard", act="tanh", eps=0.0, basis="linear", seed=0, learn_lift=True):
     net = pn.ContinuumNetwork.create(3, 2, control_size=3, intervals=2, time_basis=basis,
-                                     dynamics=variant, activation=act, eps=eps, init_scale=0.8,
+                                     dynamics=variant, activation=act, eps=eps, init_scale=0.46,
                                      seed=seed, learnable_lifting=learn_lift)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -224,3 +224,34 @@ def test_cli_resume(tmp_path):
     hist = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(h)["epoch"] for h in hist] == [1, 2, 3, 4]
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+
+
+def test_image_augmentation_shifts_and_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4, 4))
+    y = (x[:, :2].mean((1, 2)) > x[:, 2:].mean((1, 2))).astype(int)
+    np.savez(tmp_path / "img.npz", x=x, y=y)
+    sets = [f"data.name={tmp_path}/img.npz", "train.epochs=3", "train.batch_size=16",
+            "model.steps=2", "model.intervals=1", "train.augment_shift=1"]
+    cfg = load_config(None, sets)
+    ds = load_dataset(cfg.data.name)
+    t = Trainer(cfg, ds)
+    xb = torch.as_tensor(x[:8])
+    shifted = t.augment(xb)
+    assert shifted.shape == xb.shape
+    for k in range(8):  # each image is a translate of the original by at most one pixel
+        ok = False
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                pad = torch.nn.functional.pad(xb[k], (1, 1, 1, 1))
+                cand = pad[1 + dr:5 + dr, 1 + dc:5 + dc]
+                ok |= bool(torch.equal(cand, shifted[k]))
+        assert ok
+    full = Trainer(cfg, ds)
+    full.fit()
+    part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
+    part.fit(max_epochs=1)
+    resumed = Trainer(cfg, ds)
+    resumed.load_checkpoint(tmp_path / "ck.safetensors")
+    resumed.fit()
+    assert torch.equal(full.net.controls.w, resumed.net.controls.w)

@@ -86,6 +86,7 @@ class TrainConfig:
     clip_norm: float = 0.0
     checkpoint_every: int = 1
     eval_batch_size: int = 2048
+    augment_shift: int = 0
     # method of successive approximations (MODEL.md §7)
     msa_rho: float = 1.0
     msa_inner_steps: int = 10
@@ -274,7 +275,8 @@ def validate(cfg: Config) -> None:
     positive("train.lr", t.lr)
     for key in ("momentum", "weight_decay", "clip_norm", "msa_rho"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
-    for key in ("warmup_epochs", "patience", "checkpoint_segments", "adjoint_steps"):
+    for key in ("warmup_epochs", "patience", "checkpoint_segments", "adjoint_steps",
+                "augment_shift"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("lbfgs_iterations", "history_size", "checkpoint_every", "eval_batch_size",
                 "msa_inner_steps", "levels"):

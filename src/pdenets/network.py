@@ -257,8 +257,15 @@ class ContinuumNetwork(nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
     ) -> ContinuumNetwork:
-        """Build a network with random controls (normal, scaled by ``init_scale``) and a
-        zero readout; ``input_shape`` is n (1-D) or (p, q) (2-D)."""
+        """Build a network with random controls and a zero readout; ``input_shape`` is n (1-D)
+        or (p, q) (2-D).
+
+        The kernel's knot values are drawn N(0, init_scale² · Nc) (Nc control vertices): the
+        discretized operator ω_j w(x_i, x_j) then has entries of standard deviation about
+        init_scale / √Nc, the usual fan-in scaling of a residual layer (resolution
+        independent: refining the width does not change the represented function). The bias
+        knots are N(0, (init_scale/10)²).
+        """
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         dim = len(shape)
         if control_size is None:
@@ -266,7 +273,7 @@ class ContinuumNetwork(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         ctrl = GridControls(dim, control_size, intervals, T, time_basis, dtype=dtype)
         with torch.no_grad():
-            ctrl.w.normal_(0.0, init_scale, generator=gen)
+            ctrl.w.normal_(0.0, init_scale * ctrl.n_control**0.5, generator=gen)
             ctrl.b.normal_(0.0, 0.1 * init_scale, generator=gen)
         lift: Lifting = (
             LearnableLifting(shape, ctrl.size, dtype) if learnable_lifting

@@ -231,16 +231,42 @@ class Trainer:
         self.method_step: Callable[[], float] | None = None
 
     # -- optimizer ------------------------------------------------------------------------
+    def param_groups(self, lr: float, power: int = 1) -> list[dict]:
+        """Parameter groups with learning rates in the units of the discrete network.
+
+        A function that is integrated against the quadrature weights — the kernel w (over y)
+        and the readout's c_j (over x) — enters the discrete network as ω·value ≈ value/Nc, so
+        its knot values must move Nc times further than the weights of the equivalent ResNet
+        for the same effect. For Adam (invariant to the gradient's scale) their learning rate is
+        therefore ``lr · Nc`` (``power=1``); for SGD, whose gradient in the knot values is also
+        Nc times smaller, ``lr · Nc²`` (``power=2``). Biases, d_j and a learnable lifting use
+        ``lr``. With this scaling the same ``lr`` works at every control-grid resolution and
+        matches the optimizer on a PyTorch ResNet.
+        """
+        scaled, plain = [], []
+        for name, p in self.net.named_parameters():
+            if not p.requires_grad:
+                continue
+            (scaled if name in ("controls.w", "readout.c") else plain).append((name, p))
+        groups = []
+        for name, p in scaled:
+            owner = self.net.controls if name.startswith("controls") else self.net.readout
+            nc = math.prod(owner.size)
+            groups.append({"params": [p], "lr": lr * nc**power, "name": name})
+        if plain:
+            groups.append({"params": [p for _, p in plain], "lr": lr, "name": "other"})
+        return groups
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
         if t.method == "sgd":
-            return torch.optim.SGD(self.params, lr=t.lr, momentum=t.momentum,
+            return torch.optim.SGD(self.param_groups(t.lr, 2), lr=t.lr, momentum=t.momentum,
                                    weight_decay=t.weight_decay)
         if t.method == "lbfgs":
             return torch.optim.LBFGS(self.params, lr=t.lbfgs_lr,
                                      max_iter=t.lbfgs_iterations, history_size=t.history_size,
                                      line_search_fn="strong_wolfe")
-        return torch.optim.Adam(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.Adam(self.param_groups(t.lr), lr=t.lr, weight_decay=t.weight_decay)
 
     def loss(self, x, y) -> torch.Tensor:
         """J on a batch, differentiable with the configured gradient strategy."""
@@ -250,6 +276,20 @@ class Trainer:
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
     # -- one epoch per method ---------------------------------------------------------------
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random translations of images by up to ``train.augment_shift`` pixels (zero fill),
+        drawn from the trainer's generator (so resumed runs see the same shifts)."""
+        s = self.cfg.train.augment_shift
+        if s == 0 or x.dim() != 3:
+            return x
+        B, p, q = x.shape
+        pad = torch.nn.functional.pad(x, (s, s, s, s))
+        off = torch.randint(0, 2 * s + 1, (B, 2), generator=self.generator)
+        rows = (torch.arange(p)[None, :] + off[:, :1]).to(x.device)  # (B, p)
+        cols = (torch.arange(q)[None, :] + off[:, 1:]).to(x.device)  # (B, q)
+        bidx = torch.arange(B, device=x.device)[:, None, None]
+        return pad[bidx, rows[:, :, None], cols[:, None, :]]
+
     def _epoch_minibatch(self) -> float:
         x, y = self.data["train"]
         n = len(x)
@@ -259,7 +299,7 @@ class Trainer:
         for i in range(0, n, bs):
             idx = perm[i:i + bs].to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            J = self.loss(x[idx], y[idx])
+            J = self.loss(self.augment(x[idx]), y[idx])
             J.backward()
             if self.cfg.train.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.clip_norm)

@@ -1,0 +1,235 @@
+"""Figure 4 — time to accuracy on digits: pdenets vs a PyTorch ResNet vs a torchdiffeq neural ODE.
+
+Contenders (all on the same fixed splits of ``digits``, 8×8 images, 10 classes, in the dtype and
+on the device of the run; hyper-parameters from ``pdenets.config.load_config()`` — the default
+digits configuration, read at run time):
+
+* ``pdenets-adam``, ``pdenets-lbfgs`` — :class:`pdenets.training.Trainer` with the default
+  configuration and ``train.method`` = adam / lbfgs (pdenets' figure is its best method);
+* ``torch-resnet`` — :class:`~benchmarks.peers.TorchResNet`: width 64 (one neuron per pixel),
+  depth = ``model.steps`` residual layers ``x + tanh(W_k x + b_k)``, linear readout, PyTorch
+  default initialization, trained by backprop with Adam at the configuration's learning rate,
+  batch size, epochs and learning-rate schedule;
+* ``torchdiffeq-node`` — :class:`~benchmarks.peers.NeuralODE`: ``du/dt = tanh(W(t)u + b(t))``
+  of width 64 with W, b piecewise linear on ``model.intervals`` depth intervals, dopri5
+  (rtol 1e-3, atol 1e-4) with ``odeint_adjoint``, same optimizer settings as the ResNet.
+  Reported as skipped when torchdiffeq is not installed.
+
+Each run trains epoch by epoch; only the training epochs are timed (the test-accuracy check after
+every epoch is not). A run stops at the accuracy cap (95 %), at its epoch budget or when its
+training time exceeds ``budget_s``. The **common target** is the highest test accuracy that every
+run of every tool reached (for a tool with several methods: of its best method), capped at 95 %.
+A tool's time is the training time until its first epoch at or above the target — the median
+over seeds, and for pdenets the best method's. The figure is pdenets' time ÷ the best peer's
+time (goal: ≤ 0.5).
+
+Usage: ``python -m benchmarks.bench_time_to_accuracy [--quick] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ._common import FULL, QUICK, Sizes, jsonable, sync
+from .peers import HAVE_TORCHDIFFEQ, NeuralODE, TorchResNet
+
+CAP = 0.95
+PDENETS_METHODS = ("adam", "lbfgs")
+
+
+def _config(method: str, seed: int, sizes: Sizes, device: str):
+    from pdenets.config import load_config
+
+    over = [f"train.method={method}", f"seed={seed}", "data.name=digits"]
+    if sizes.tta_epochs is not None:
+        over.append(f"train.epochs={sizes.tta_epochs}")
+    if sizes.tta_lbfgs_iterations is not None:
+        over.append(f"train.lbfgs_iterations={sizes.tta_lbfgs_iterations}")
+    if torch.device(device).type == "cuda":
+        over += [f"device={device}", "dtype=float32"]
+    return load_config(None, over)
+
+
+def _dataset(cfg, sizes: Sizes):
+    from pdenets.data import load_dataset
+
+    ds = load_dataset(cfg.data.name, seed=cfg.data.seed, test_fraction=cfg.data.test_fraction,
+                      val_fraction=cfg.data.val_fraction)
+    if sizes.tta_max_train:
+        n = sizes.tta_max_train
+        ds = dataclasses.replace(ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n])
+    return ds
+
+
+def _train_loop(epoch_fn, accuracy_fn, cfg, budget_s: float, device: str) -> list[list[float]]:
+    """Run ``epoch_fn(epoch)`` until the cap, the epoch budget or the time budget; returns the
+    curve [[cumulative training seconds, test accuracy], ...]."""
+    elapsed, curve = 0.0, []
+    for epoch in range(cfg.train.epochs):
+        sync(device)
+        t0 = time.perf_counter()
+        epoch_fn(epoch)
+        sync(device)
+        elapsed += time.perf_counter() - t0
+        acc = accuracy_fn()
+        curve.append([elapsed, acc])
+        if acc >= CAP or elapsed >= budget_s:
+            break
+    return curve
+
+
+def run_pdenets(method: str, seed: int, sizes: Sizes, device: str = "cpu") -> list[list[float]]:
+    """Training curve of pdenets' Trainer with ``train.method = method``."""
+    from pdenets.training import Trainer, evaluate, lr_factor
+
+    cfg = _config(method, seed, sizes, device)
+    ds = _dataset(cfg, sizes)
+    torch.manual_seed(cfg.seed)
+    tr = Trainer(cfg, ds)
+    x_te, y_te = ds.tensors("test", tr.dtype, tr.device)
+
+    def epoch_fn(epoch):  # as Trainer.fit, without its per-epoch validation
+        for g in tr.optimizer.param_groups:
+            g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(cfg, epoch)
+        tr.net.train()
+        tr.train_epoch()
+
+    def accuracy_fn():
+        return evaluate(tr.net, x_te, y_te, "cross_entropy", tr.disc)["accuracy"]
+
+    return _train_loop(epoch_fn, accuracy_fn, cfg, sizes.tta_budget_s, device)
+
+
+def make_peer(kind: str, cfg, ds, seed: int, device: str) -> torch.nn.Module:
+    """The peer model ``torch-resnet`` or ``torchdiffeq-node`` for the digits configuration."""
+    from pdenets.training import DTYPES
+
+    dtype = DTYPES[cfg.dtype]
+    n_in = math.prod(ds.input_shape)
+    if kind == "torch-resnet":
+        return TorchResNet.plain(n_in, cfg.model.steps, ds.n_outputs, 1.0, seed=seed,
+                                 dtype=dtype, device=device)
+    return NeuralODE(n_in, ds.n_outputs, cfg.model.intervals, cfg.model.T, seed=seed,
+                     dtype=dtype, device=device)
+
+
+def run_peer(kind: str, seed: int, sizes: Sizes, device: str = "cpu") -> list[list[float]]:
+    """Training curve of a peer (Adam by backprop, the configuration's optimizer settings)."""
+    from pdenets.training import lr_factor
+
+    cfg = _config("adam", seed, sizes, device)
+    ds = _dataset(cfg, sizes)
+    model = make_peer(kind, cfg, ds, seed, device)
+    dtype = next(model.parameters()).dtype
+    x, y = ds.tensors("train", dtype, device)
+    x_te, y_te = ds.tensors("test", dtype, device)
+    t = cfg.train
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def epoch_fn(epoch):
+        for g in opt.param_groups:
+            g["lr"] = t.lr * lr_factor(cfg, epoch)
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), t.batch_size):
+            idx = perm[i:i + t.batch_size].to(device)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            if t.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm)
+            opt.step()
+
+    @torch.no_grad()
+    def accuracy_fn():
+        model.eval()
+        return float((model(x_te).argmax(1) == y_te).double().mean())
+
+    return _train_loop(epoch_fn, accuracy_fn, cfg, sizes.tta_budget_s, device)
+
+
+def _first_time(curve, target: float) -> float:
+    for t, acc in curve:
+        if acc >= target - 1e-12:
+            return t
+    return math.inf
+
+
+def run(sizes: Sizes = QUICK, device: str = "cpu", log=None) -> dict:
+    """Figure 4 for the suite: curves of every contender and seed, the target and the ratio."""
+    tools = {"pdenets": [f"pdenets-{m}" for m in PDENETS_METHODS],
+             "torch-resnet": ["torch-resnet"], "torchdiffeq-node": ["torchdiffeq-node"]}
+    curves: dict[str, list] = {}
+    skipped: dict[str, str] = {}
+    if not HAVE_TORCHDIFFEQ:
+        skipped["torchdiffeq-node"] = "torchdiffeq is not installed (pip install '.[bench]')"
+        tools.pop("torchdiffeq-node")
+    for seed in sizes.tta_seeds:
+        for tool, names in tools.items():
+            for name in names:
+                if tool == "pdenets":
+                    c = run_pdenets(name.split("-", 1)[1], seed, sizes, device)
+                else:
+                    c = run_peer(name, seed, sizes, device)
+                curves.setdefault(name, []).append(c)
+                if log:
+                    log(f"  {name} seed {seed}: {len(c)} epochs, {c[-1][0]:.1f} s, "
+                        f"peak {max(a for _, a in c):.3f}")
+    # highest accuracy every run of the tool's best method reached
+    reach = {name: min(max(a for _, a in c) for c in cs) for name, cs in curves.items()}
+    tool_reach = {tool: max(reach[n] for n in names) for tool, names in tools.items()}
+    target = min([CAP, *tool_reach.values()])
+    med = {name: statistics.median(_first_time(c, target) for c in cs)
+           for name, cs in curves.items()}
+    tool_time = {tool: min(med[n] for n in names) for tool, names in tools.items()}
+    peers = {k: v for k, v in tool_time.items() if k != "pdenets"}
+    best_peer = min(peers, key=peers.get) if peers else None
+    ratio = tool_time["pdenets"] / peers[best_peer] if best_peer else math.nan
+    best_method = min(tools["pdenets"], key=med.get)
+    cfg = _config("adam", sizes.tta_seeds[0], sizes, device)
+    return {
+        "ratio": ratio, "target_accuracy": target, "cap": CAP, "seeds": list(sizes.tta_seeds),
+        "seconds": tool_time, "best_peer": best_peer, "pdenets_best_method": best_method,
+        "method_seconds": med, "reached": reach, "skipped": skipped,
+        "epochs": cfg.train.epochs, "budget_s": sizes.tta_budget_s,
+        "dtype": cfg.dtype, "curves": curves,
+        "config": {"lr": cfg.train.lr, "batch_size": cfg.train.batch_size,
+                   "schedule": cfg.train.schedule, "steps": cfg.model.steps,
+                   "solver": cfg.model.solver, "intervals": cfg.model.intervals,
+                   "lbfgs_iterations": cfg.train.lbfgs_iterations},
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    r = run(QUICK if a.quick else FULL, a.device, log=None if a.json else print)
+    if a.json:
+        print(json.dumps(jsonable(r)))
+        return
+    print(f"target test accuracy {r['target_accuracy']:.3f} (cap {CAP}); median of seeds "
+          f"{r['seeds']}")
+    for k, v in r["method_seconds"].items():
+        print(f"  {k:18} {v:8.2f} s   (every seed reached {r['reached'][k]:.3f})")
+    for k, v in r["skipped"].items():
+        print(f"  {k:18} skipped: {v}")
+    print(f"pdenets ({r['pdenets_best_method']}) ÷ best peer ({r['best_peer']}): "
+          f"{r['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
