@@ -189,7 +189,10 @@ def test_cli_train_msa_and_analyze_pmp_json(tmp_path):
     assert len(lines) == 1
     rep = json.loads(lines[0])
     assert rep["analysis"] == "pmp" and rep["data"] == "iris (train split)"
-    assert rep["samples"] == 100 and rep["alpha"] == pytest.approx(1e-4)
+    from pdenets.config import load_config
+
+    assert rep["samples"] == 100
+    assert rep["alpha"] == pytest.approx(load_config().objective.alpha)  # from config.toml
     assert rep["identity_error"] < 1e-8 and len(rep["times"]) == len(rep["residual"]) == 8
     assert (tmp_path / "pmp" / "pmp.png").is_file()
     assert (tmp_path / "pmp" / "report.json").is_file()

@@ -59,7 +59,7 @@ class ObjectiveConfig:
     """``[objective]``: loss (``auto`` = from the data) and regularization α, β (§4)."""
 
     loss: str = "auto"
-    alpha: float = 1e-4
+    alpha: float = 1e-2
     beta: float = 1e-4
     gamma: float = 0.0
 
@@ -69,7 +69,7 @@ class TrainConfig:
     """``[train]``: optimization method and its parameters."""
 
     method: str = "adam"
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.9

@@ -4,7 +4,7 @@
 (``train.gradient = "discrete" | "continuous"``) and an optimizer (``train.method``): Adam or
 SGD on minibatches with a learning-rate schedule, or full-batch L-BFGS with a strong-Wolfe line
 search. It evaluates on the validation split every epoch, keeps the best controls (by
-validation accuracy, ties by loss), stops early after ``patience`` epochs without improvement,
+validation loss), stops early after ``patience`` epochs without improvement,
 logs JSON lines, shows a progress bar and writes resumable checkpoints: resuming from a
 checkpoint reproduces the uninterrupted run exactly (same seed), because the optimizer state,
 the data-shuffling generator and the history are all restored.
@@ -53,7 +53,7 @@ def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int,
     Images: one neuron per pixel, and control vertices on the pixel corners (p + 1 per axis).
     Feature vectors: at least 32 neurons, a multiple of the number of features (so the
     piecewise-constant lifting is resolved exactly), and k + 1 control vertices with k the
-    largest divisor of the width ≤ 16. Either way the kinks of the multilinear controls lie on
+    largest divisor of the width ≤ max(16, n) (so each feature can be weighted on its own). Either way the kinks of the multilinear controls lie on
     cell boundaries of the midpoint rule at this width and at every multiple of it, so that
     refining the width converges at second order (see the discretization-invariance test).
     """
@@ -65,7 +65,7 @@ def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int,
     else:
         n = shape[0]
         width = (m.width,) if m.width else (n * math.ceil(32 / n),)
-        k = max(d for d in range(1, 17) if width[0] % d == 0)
+        k = max(d for d in range(1, max(16, n) + 1) if width[0] % d == 0)
         ctrl = (m.control_size,) if m.control_size else (max(k, 1) + 1,)
     return width, ctrl
 
@@ -456,11 +456,10 @@ class Trainer:
         return self._result(stopped)
 
     def _improved(self, val: dict) -> bool:
+        """Model selection by validation *loss*: on small validation sets the accuracy moves in
+        steps of one sample and saturates early, the loss keeps discriminating."""
         if not len(self.data["val"][0]):
             return True
-        if self.objective.loss == "cross_entropy":
-            key = (val["accuracy"], -val["loss"])
-            return key > (self.best["val_accuracy"], -self.best["val_loss"])
         return val["loss"] < self.best["val_loss"]
 
     def _result(self, stopped: bool) -> TrainResult:
