@@ -53,7 +53,8 @@ def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int,
     Images: one neuron per pixel, and control vertices on the pixel corners (p + 1 per axis).
     Feature vectors: at least 32 neurons, a multiple of the number of features (so the
     piecewise-constant lifting is resolved exactly), and k + 1 control vertices with k the
-    largest divisor of the width ≤ max(16, n) (so each feature can be weighted on its own). Either way the kinks of the multilinear controls lie on
+    largest divisor of the width ≤ max(16, n) (so each feature can be weighted on its own).
+    Either way the kinks of the multilinear controls lie on
     cell boundaries of the midpoint rule at this width and at every multiple of it, so that
     refining the width converges at second order (see the discretization-invariance test).
     """
