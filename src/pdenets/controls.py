@@ -70,6 +70,7 @@ class _KnotSchedule(KernelSchedule):
         self.delta = T / self.intervals
         self._weights = weights
         self.breakpoints = tuple(k * self.delta for k in range(1, self.intervals))
+        self._last: tuple | None = None
 
     def index(self, t: float, t0: float, t1: float) -> tuple[int, float]:
         """Knot index k and weight s with value ``(1 − s) V_k + s V_{k+1}`` at depth t."""
@@ -86,7 +87,15 @@ class _KnotSchedule(KernelSchedule):
             return self.A[k], self.b[k]
         if s == 1.0:
             return self.A[k + 1], self.b[k + 1]
-        return torch.lerp(self.A[k], self.A[k + 1], s), torch.lerp(self.b[k], self.b[k + 1], s)
+        # consecutive stages often share a depth (RK4's two midpoints, a step's end and the
+        # next step's start): reuse the last interpolated matrix (cost O(N²) otherwise)
+        key = (k, s, torch.is_grad_enabled())
+        if self._last is not None and self._last[0] == key:
+            return self._last[1], self._last[2]
+        A = torch.lerp(self.A[k], self.A[k + 1], s)
+        b = torch.lerp(self.b[k], self.b[k + 1], s)
+        self._last = (key, A, b)
+        return A, b
 
 
 class _FunctionSchedule(KernelSchedule):
