@@ -60,6 +60,11 @@ def test_vjp_matches_autograd(variant, act, rule):
     gu, gA, gb = torch.autograd.grad((dyn(u, A, b, lap) * lam).sum(), (u, A, b))
     du, dA, db = dyn.vjp(u.detach(), A.detach(), b.detach(), lam, lap)
     assert torch.allclose(du, gu) and torch.allclose(dA, gA) and torch.allclose(db, gb)
+    # the fused form used by the continuous adjoint (reaction part only)
+    gu, gA, gb = torch.autograd.grad((dyn.reaction(u, A, b) * lam).sum(), (u, A, b))
+    f, du, dA, db = dyn.reaction_and_vjp(u.detach(), A.detach(), b.detach(), lam)
+    assert torch.allclose(f, dyn.reaction(u, A, b).detach())
+    assert torch.allclose(du, gu) and torch.allclose(dA, gA) and torch.allclose(db, gb)
 
 
 def test_variant_formulas():

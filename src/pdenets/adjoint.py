@@ -176,8 +176,7 @@ class _Backward:
     def stage(self, t, u, lam, t0, t1):
         """(du/dt, dλ/dt, ∂⟨λ,f⟩/∂A, ∂⟨λ,f⟩/∂b) at a stage of the backward system."""
         A, b = self.sched.at(t, t0, t1)
-        du = self.dynamics.reaction(u, A, b)
-        lu, gA, gb = self.dynamics.vjp(u, A, b, lam)
+        du, lu, gA, gb = self.dynamics.reaction_and_vjp(u, A, b, lam)
         return du, -lu, gA, gb
 
 

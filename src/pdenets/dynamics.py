@@ -68,6 +68,16 @@ class Dynamics:
         """
         raise NotImplementedError
 
+    def reaction_and_vjp(self, u, A, b, lam):
+        """``(reaction(u), λᵀ ∂R/∂u, ∂⟨λ,R⟩/∂A, ∂⟨λ,R⟩/∂b)`` for the non-diffusive part R,
+        sharing intermediate products (used by the continuous adjoint's backward sweep).
+        This generic version uses automatic differentiation; the variants override it."""
+        with torch.enable_grad():
+            uu, AA, bb = (x.detach().requires_grad_(True) for x in (u, A, b))
+            f = self.reaction(uu, AA, bb)
+            du, gA, gb = torch.autograd.grad(f, (uu, AA, bb), lam)
+        return f.detach(), du, gA, gb
+
     def _diffusion_vjp(self, lam, lap):
         return self.eps * lap.transpose_apply(lam)
 
@@ -92,6 +102,11 @@ class Standard(Dynamics):
             du = du + self._diffusion_vjp(lam, lap)
         return du, g.T @ u, g.sum(0)
 
+    def reaction_and_vjp(self, u, A, b, lam):
+        z = torch.addmm(b, u, A.T)
+        g = self.activation.derivative(z) * lam
+        return self.activation.fn(z), g @ A, g.T @ u, g.sum(0)
+
 
 class Field(Dynamics):
     """∂_t u = ∫ w σ(u) dy + b + ε Δ_x u — neural-field (Wilson–Cowan) variant (MODEL.md §1)."""
@@ -106,6 +121,11 @@ class Field(Dynamics):
         if self.eps > 0.0:
             du = du + self._diffusion_vjp(lam, lap)
         return du, lam.T @ self.activation.fn(u), lam.sum(0)
+
+    def reaction_and_vjp(self, u, A, b, lam):
+        s = self.activation.fn(u)
+        return (torch.addmm(b, s, A.T), self.activation.derivative(u) * (lam @ A), lam.T @ s,
+                lam.sum(0))
 
 
 class Selection(Dynamics):
@@ -123,6 +143,12 @@ class Selection(Dynamics):
         if self.eps > 0.0:
             du = du + self._diffusion_vjp(lam, lap)
         return du, g.T @ u, g.sum(0)
+
+    def reaction_and_vjp(self, u, A, b, lam):
+        z = torch.addmm(b, u, A.T)
+        s = self.activation.fn(z)
+        g = self.activation.derivative(z) * lam * u
+        return u * s, lam * s + g @ A, g.T @ u, g.sum(0)
 
 
 DYNAMICS: dict[str, type[Dynamics]] = {"standard": Standard, "field": Field, "selection": Selection}
