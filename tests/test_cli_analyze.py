@@ -9,20 +9,10 @@ import types
 
 import numpy as np
 import pytest
-import torch
 
 from pdenets import ContinuumNetwork, save_model
 from pdenets.cli import analyze as analyze_cli
 from pdenets.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run_json(capsys, *argv) -> dict:

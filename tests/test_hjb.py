@@ -33,13 +33,6 @@ from pdenets.hjb import (
 ALPHA, T = 0.5, 1.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Grid chunks are small: one intra-op thread avoids oversubscription on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _closed_form_problem(D):

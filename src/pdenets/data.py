@@ -237,6 +237,20 @@ def load_dataset(
                    pre)
 
 
+def load_dataset_config(cfg) -> Dataset:
+    """:func:`load_dataset` with the options of a ``[data]`` config section — a
+    :class:`~pdenets.config.DataConfig` or its dict (as stored in model files); missing keys
+    take the defaults."""
+    d = cfg if isinstance(cfg, dict) else vars(cfg)
+    if not d.get("name"):
+        raise PdenetsError("no dataset named (give --data NAME|FILE)")
+    return load_dataset(str(d["name"]), seed=int(d.get("seed", 0)),
+                        test_fraction=float(d.get("test_fraction", 0.25)),
+                        val_fraction=float(d.get("val_fraction", 0.1)),
+                        n_samples=int(d.get("n_samples", 1000)),
+                        standardize=bool(d.get("standardize", True)))
+
+
 def preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
     """Apply the stored preprocessing ``pre`` (:attr:`Dataset.preprocess`) to raw inputs."""
     x = np.asarray(x, dtype=np.float64)

@@ -132,8 +132,11 @@ def plot_decision_regions(net, ds, path, resolution: int = 200) -> None:
     save_figure(fig, path)
 
 
-def plot_run(out, net, ds, history, cfg=None) -> list[str]:
-    """All plots of a training run into directory ``out``; returns the file names."""
+def plot_run(out, net, ds, history, cfg=None, n_inputs: int = 4) -> list[str]:
+    """All plots of a training run into directory ``out``; returns the file names.
+
+    ``ds`` may be None (curves only); ``n_inputs`` test inputs are shown in ``field.png``.
+    """
     from pathlib import Path
 
     import torch
@@ -141,9 +144,12 @@ def plot_run(out, net, ds, history, cfg=None) -> list[str]:
     out = Path(out)
     files = []
     if history:
-        plot_curves(history, out / "curves.png", f"{ds.name}: {cfg.train.method if cfg else ''}")
+        title = f"{ds.name if ds else out.name}: {cfg.train.method if cfg else ''}"
+        plot_curves(history, out / "curves.png", title)
         files.append("curves.png")
-    k = min(4, len(ds.x_test))
+    if ds is None:
+        return files
+    k = max(0, min(n_inputs, len(ds.x_test)))
     if k:
         x = torch.as_tensor(ds.x_test[:k], dtype=next(net.parameters()).dtype)
         plot_depth_slices(net, x, list(ds.y_test[:k]), net.discretization, out / "field.png")

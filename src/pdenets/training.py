@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint
 from .config import Config, load_config
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset_config
 from .errors import ConfigError, ModelFileError, PdenetsError
 from .integrators import make_solver
 from .modelfile import atomic_write_bytes, save_model
@@ -511,9 +511,7 @@ def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
             raise PdenetsError(f"nothing to resume: {str(ckpt)!r} does not exist")
         saved = json.loads(json.loads(_header(ckpt))["__metadata__"]["pdenets"])["config"]
         cfg = load_config(None, _flatten(saved))
-    ds = load_dataset(cfg.data.name, seed=cfg.data.seed, test_fraction=cfg.data.test_fraction,
-                      val_fraction=cfg.data.val_fraction, n_samples=cfg.data.n_samples,
-                      standardize=cfg.data.standardize)
+    ds = load_dataset_config(cfg.data)
     torch.manual_seed(cfg.seed)
     trainer = make_trainer(cfg, ds, checkpoint_path=ckpt, log_path=work / "metrics.jsonl",
                            progress=progress)

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 def load_model_and_data(args):
     """The model, its dataset (same splits as in training) and the discretization asked."""
-    from ..data import load_dataset
+    from ..data import load_dataset_config
     from ..modelfile import load_model
     from ..training import discretization_from
 
@@ -41,11 +41,7 @@ def load_model_and_data(args):
         raise PdenetsError("--data is required (the model file does not name its dataset)")
     if args.data and args.data != dcfg.get("name"):
         dcfg = {}
-    ds = load_dataset(name, seed=int(dcfg.get("seed", 0)),
-                      test_fraction=float(dcfg.get("test_fraction", 0.25)),
-                      val_fraction=float(dcfg.get("val_fraction", 0.1)),
-                      n_samples=int(dcfg.get("n_samples", 1000)),
-                      standardize=bool(dcfg.get("standardize", True)))
+    ds = load_dataset_config({**dcfg, "name": name})
     if tuple(ds.input_shape) != tuple(net.lifting.shape) and \
             (int(__import__("math").prod(ds.input_shape)) != net.lifting.n_features):
         raise PdenetsError(f"data {name!r} has inputs of shape {ds.input_shape}; the model "

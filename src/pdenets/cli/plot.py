@@ -20,40 +20,23 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from ..data import load_dataset
+    from ..data import load_dataset_config
     from ..modelfile import load_model
-    from ..plotting import plot_curves, plot_decision_regions, plot_depth_slices
+    from ..plotting import plot_run
 
     d = Path(args.run_dir)
     if not (d / "model.safetensors").is_file():
         raise PdenetsError(f"{str(d)!r} is not a complete run directory (no model.safetensors)")
     net = load_model(d / "model.safetensors")
-    files = []
+    hist = []
     log = d / "metrics.jsonl"
     if log.is_file():
         try:
             hist = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
         except ValueError:
             raise PdenetsError(f"{str(log)!r} is not valid JSON lines") from None
-        if hist:
-            plot_curves(hist, d / "curves.png", d.name)
-            files.append("curves.png")
     dcfg = net.extra.get("data", {})
-    if dcfg.get("name"):
-        ds = load_dataset(dcfg["name"], seed=dcfg.get("seed", 0),
-                          test_fraction=dcfg.get("test_fraction", 0.25),
-                          val_fraction=dcfg.get("val_fraction", 0.1),
-                          n_samples=dcfg.get("n_samples", 1000),
-                          standardize=dcfg.get("standardize", True))
-        k = max(1, min(args.inputs, len(ds.x_test)))
-        x = torch.as_tensor(ds.x_test[:k], dtype=next(net.parameters()).dtype)
-        plot_depth_slices(net, x, list(ds.y_test[:k]), net.discretization, d / "field.png")
-        files.append("field.png")
-        if ds.input_shape == (2,) and ds.task == "classification":
-            plot_decision_regions(net, ds, d / "decision_regions.png")
-            files.append("decision_regions.png")
-    emit(args, {"run_dir": str(d), "files": files},
-         f"wrote {', '.join(files)} in {d}/")
+    ds = load_dataset_config(dcfg) if dcfg.get("name") else None
+    files = plot_run(d, net, ds, hist, n_inputs=max(1, args.inputs))
+    emit(args, {"run_dir": str(d), "files": files}, f"wrote {', '.join(files)} in {d}/")
     return 0
