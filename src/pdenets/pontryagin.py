@@ -199,15 +199,9 @@ def forward_sweep(net: ContinuumNetwork, inputs: torch.Tensor,
     times, weights, t0s, t1s, ys, ks, kw = [], [], [], [], [], [], []
     for n in range(disc.steps):
         t0, t1 = n * h, (n + 1) * h
-        stage_k: list[torch.Tensor] = []
-        for i, ci in enumerate(solver.c):
-            y = u
-            for j, aij in enumerate(solver.a[i]):
-                if aij != 0.0:
-                    y = y + (h * aij) * stage_k[j]
+        stage_y, stage_k = solver.stages(system, t0, h, u)
+        for i, (ci, y, k) in enumerate(zip(solver.c, stage_y, stage_k)):
             t = t0 + ci * h
-            k = system(t, y, t0, t1)
-            stage_k.append(k)
             times.append(t)
             weights.append(h * solver.b[i])
             t0s.append(t0)
