@@ -78,6 +78,24 @@ TINY = Sizes(
 PRESETS = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
 
+def script_parser(doc: str | None):
+    """An argument parser with the options every figure script shares: --device, --threads,
+    --json (call :func:`apply_threads` on the parsed arguments)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def apply_threads(args) -> None:
+    """Set torch's thread count from ``--threads`` (0 keeps the default)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def sync(device: str | torch.device) -> None:
     """Wait for queued GPU work (no-op on CPU)."""
     if torch.device(device).type == "cuda":

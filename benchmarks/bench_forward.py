@@ -11,12 +11,11 @@ Usage: ``python -m benchmarks.bench_forward [--batch 1024 --width 256 --steps 64
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 
-from ._common import FULL, Sizes, best_time, make_net, sync
+from ._common import FULL, Sizes, apply_threads, best_time, make_net, script_parser, sync
 
 
 def forward_ratio(batch=1024, width=256, steps=64, dtype=torch.float32, solver="euler",
@@ -65,17 +64,13 @@ def run(sizes: Sizes = FULL, device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    apply_threads(a)
     rows = []
     for dtype in (torch.float32, torch.float64):
         for solver in ("euler", "rk4"):

@@ -16,7 +16,6 @@ Usage: ``python -m benchmarks.bench_gradient [--batch 1024 --width 256 --steps 6
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 import pdenets as pn
 
-from ._common import FULL, Sizes, best_time, make_batch, make_net
+from ._common import FULL, Sizes, apply_threads, best_time, make_batch, make_net, script_parser
 from .peers import TorchResNet
 
 
@@ -90,19 +89,15 @@ def run(sizes: Sizes = FULL, device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--solver", default="euler")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    apply_threads(a)
     d = grad_cost(a.batch, a.width, a.steps, getattr(torch, a.dtype), a.device, a.repeats,
                   a.solver)
     if a.json:

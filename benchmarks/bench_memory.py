@@ -34,7 +34,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ._common import FULL, Sizes
+from ._common import FULL, Sizes, script_parser
 
 STRATEGIES = ("discrete", "discrete_checkpointed", "continuous", "torch_resnet")
 PEER = "torch_resnet"
@@ -172,14 +172,11 @@ def sweep(steps, batch: int, width: int, device: str = "cpu", threads: int = 0,
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=FULL.mem_batch)
     p.add_argument("--width", type=int, default=FULL.mem_width)
     p.add_argument("--steps", type=int, nargs="+", default=list(FULL.mem_sweep))
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     if a.worker:
         print(json.dumps(_worker(json.loads(a.worker))))

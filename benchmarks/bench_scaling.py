@@ -12,14 +12,23 @@ Usage: ``python -m benchmarks.bench_scaling [--quick] [--out bench-results] [--j
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ._common import FULL, QUICK, Sizes, best_time, fit_exponent, make_batch, make_net
+from ._common import (
+    FULL,
+    QUICK,
+    Sizes,
+    apply_threads,
+    best_time,
+    fit_exponent,
+    make_batch,
+    make_net,
+    script_parser,
+)
 
 EXPECTED = {"N": 2.0, "S": 1.0, "B": 1.0}
 
@@ -97,15 +106,11 @@ def plot_scaling(res: dict, path: str | Path) -> Path:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--out", default="bench-results")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    apply_threads(a)
     r = run(QUICK if a.quick else FULL, a.device, Path(a.out) / "scaling.png")
     if a.json:
         print(json.dumps(r))

@@ -28,7 +28,6 @@ Usage: ``python -m benchmarks.bench_time_to_accuracy [--quick] [--json]``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -38,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ._common import FULL, QUICK, Sizes, jsonable, sync
+from ._common import FULL, QUICK, Sizes, apply_threads, jsonable, script_parser, sync
 from .peers import HAVE_TORCHDIFFEQ, NeuralODE, TorchResNet
 
 CAP = 0.95
@@ -209,14 +208,10 @@ def run(sizes: Sizes = QUICK, device: str = "cpu", log=None) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = script_parser(__doc__)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    apply_threads(a)
     r = run(QUICK if a.quick else FULL, a.device, log=None if a.json else print)
     if a.json:
         print(json.dumps(jsonable(r)))
