@@ -172,7 +172,8 @@ def test_msa_config_options_validated():
 def test_cli_train_msa_and_analyze_pmp_json(tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "pdenets", "train", *sum(
-        [["--set", s] for s in TINY + ["train.method=msa", "train.msa_inner_steps=3"]], []),
+        [["--set", s] for s in TINY + ["train.method=msa", "train.msa_inner_steps=3",
+                                       "dtype=float64"]], []),
         "--out", str(out), "--no-plots", "--json"], capture_output=True, text=True, env=ENV,
         timeout=120)
     assert r.returncode == 0, r.stderr

@@ -106,7 +106,7 @@ class Config:
     """A whole run: seed, dtype, device and the sections."""
 
     seed: int = 0
-    dtype: str = "float64"
+    dtype: str = "float32"
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
