@@ -125,6 +125,50 @@ def _int_list(v, where: str, length: int | None = None) -> tuple[int, ...]:
     return tuple(v)
 
 
+MAX_STEPS = 1_000_000
+MAX_OUTPUTS = 2**20
+
+
+def _check_sizes_against_tensors(meta, cmeta, lmeta, rmeta, dmeta, dim, tensors) -> None:
+    """Reject sizes in the metadata that would allocate more than the file's own tensors hold
+    (a hostile header must not make the loader allocate gigabytes) before building anything."""
+    import math
+
+    def numel(name: str) -> int:
+        t = tensors.get(name)
+        return -1 if t is None else t.numel()
+
+    size = _int_list(cmeta.get("size"), "controls.size", dim)
+    intervals = _get(cmeta, "intervals", int, "controls")
+    if not 1 <= intervals <= MAX_STEPS:
+        raise ModelFileError(f"model file: controls.intervals {intervals} is out of range")
+    K = intervals + (1 if cmeta.get("time_basis") == "linear" else 0)
+    nc = math.prod(size)
+    if numel("controls.w") != K * nc * nc or numel("controls.b") != K * nc:
+        raise ModelFileError(
+            f"model file: tensors controls.w/controls.b do not hold the {K}×{nc}×{nc} and "
+            f"{K}×{nc} values that controls.size/intervals describe"
+        )
+    if rmeta.get("kind") == "linear":
+        m = _get(rmeta, "outputs", int, "readout")
+        nr = math.prod(_int_list(rmeta.get("size"), "readout.size", dim))
+        if not 1 <= m <= MAX_OUTPUTS or numel("readout.c") != m * nr:
+            raise ModelFileError("model file: tensor readout.c does not match readout.outputs/size")
+    elif rmeta.get("kind") == "cell_average":
+        cells = _int_list(rmeta.get("cells"), "readout.cells", dim)
+        if math.prod(cells) > MAX_OUTPUTS:
+            raise ModelFileError(f"model file: readout.cells {list(cells)} is too large")
+    if lmeta.get("kind") == "learnable":
+        n = math.prod(_int_list(lmeta.get("shape"), "lifting.shape", dim))
+        nl = math.prod(_int_list(lmeta.get("size"), "lifting.size", dim))
+        if numel("lifting.phi") != n * nl:
+            raise ModelFileError("model file: tensor lifting.phi does not match lifting.shape/size")
+    steps = _get(dmeta, "steps", int, "discretization")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ModelFileError(f"model file: discretization.steps {steps} is out of range "
+                             f"[1, {MAX_STEPS}]")
+
+
 def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation | None):
     if meta.get("format") != FORMAT:
         raise ModelFileError("model file: not a pdenets model (metadata 'format' is wrong)")
@@ -143,6 +187,7 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
     lmeta = _get(meta, "lifting", dict, "model")
     rmeta = _get(meta, "readout", dict, "model")
     dmeta = _get(meta, "discretization", dict, "model")
+    _check_sizes_against_tensors(meta, cmeta, lmeta, rmeta, dmeta, dim, tensors)
     try:
         dynamics = make_dynamics(_get(dyn, "kind", str, "dynamics"), act,
                                  _get(dyn, "eps", float, "dynamics"))
