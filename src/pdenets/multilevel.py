@@ -240,15 +240,11 @@ class MultilevelTrainer(Trainer):
             g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(lcfg, local)
         return self.inner.train_epoch()
 
+    def epoch_record(self) -> dict:
+        return {"level": self.level, "level_width": list(self.disc.width.sizes),
+                "level_steps": self.disc.steps, **self.inner.epoch_record()}
+
     def _improved(self, val: dict) -> bool:
-        if self.history:
-            rec = self.history[-1]
-            rec.update({"level": self.level, "level_width": list(self.disc.width.sizes),
-                        "level_steps": self.disc.steps})
-            extra = getattr(self.inner, "_epoch_extra", None)
-            if extra:
-                rec.update(extra)
-                self.inner._epoch_extra = {}
         if self.level < len(self.level_epochs) - 1:
             return True  # coarse levels: keep the latest iterate, no early stopping
         return super()._improved(val)

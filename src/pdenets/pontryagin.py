@@ -884,13 +884,10 @@ class MSATrainer(Trainer):
     def _epoch_msa(self) -> float:
         x, y = self.data["train"]
         n = len(x)
-        perm = torch.randperm(n, generator=self.generator)
-        bs = self.cfg.train.batch_size
         total = 0.0
         f0 = self.msa.fallbacks
         gn = []
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs].to(self.device)
+        for idx in self.minibatches():
             r = self.msa.step(x[idx], y[idx])
             total += r.J_after * len(idx)
             gn.append(r.grad_norm)
@@ -898,12 +895,9 @@ class MSATrainer(Trainer):
                              "grad_norm": sum(gn) / max(len(gn), 1)}
         return total / n
 
-    def _improved(self, val: dict) -> bool:
-        # annotate the epoch's history record (appended by fit just before this call)
-        if self.history and self._epoch_extra:
-            self.history[-1].update(self._epoch_extra)
-            self._epoch_extra = {}
-        return super()._improved(val)
+    def epoch_record(self) -> dict:
+        extra, self._epoch_extra = self._epoch_extra, {}
+        return extra
 
     def load_checkpoint(self, path) -> None:
         super().load_checkpoint(path)

@@ -291,14 +291,24 @@ class Trainer:
         bidx = torch.arange(B, device=x.device)[:, None, None]
         return pad[bidx, rows[:, :, None], cols[:, None, :]]
 
+    def minibatches(self):
+        """Indices of the training minibatches of one epoch, shuffled with the trainer's
+        generator (restored on resume)."""
+        n = len(self.data["train"][0])
+        perm = torch.randperm(n, generator=self.generator)
+        bs = self.cfg.train.batch_size
+        for i in range(0, n, bs):
+            yield perm[i:i + bs].to(self.device)
+
+    def epoch_record(self) -> dict:
+        """Extra fields for this epoch's history record (methods add their own counters)."""
+        return {}
+
     def _epoch_minibatch(self) -> float:
         x, y = self.data["train"]
         n = len(x)
-        perm = torch.randperm(n, generator=self.generator)
-        bs = self.cfg.train.batch_size
         total = 0.0
-        for i in range(0, n, bs):
-            idx = perm[i:i + bs].to(self.device)
+        for idx in self.minibatches():
             self.optimizer.zero_grad(set_to_none=True)
             J = self.loss(self.augment(x[idx]), y[idx])
             J.backward()
@@ -421,6 +431,7 @@ class Trainer:
                     "val_loss": val["loss"], "val_accuracy": val["accuracy"],
                     "lr": self.optimizer.param_groups[0]["lr"], "seconds": seconds,
                     "samples_per_second": len(self.data["train"][0]) / max(seconds, 1e-9),
+                    **self.epoch_record(),
                 }
                 self.history.append(rec)
                 self.epoch += 1
