@@ -1,14 +1,27 @@
-"""Private: multilinear ("hat") basis on a vertex-centred control grid of [0,1]^d.
+"""Private: the spatial bases of functions stored on a control grid of [0,1]^d.
 
-The control grid has ``size[a]`` ≥ 2 equispaced vertices per axis a, including 0 and 1. A
-function stored by its values at the vertices is evaluated anywhere by multilinear
-interpolation, which reproduces constants and functions affine in each coordinate exactly.
+``"linear"`` (multilinear "hat" basis, vertex-centred)
+    ``size[a]`` ≥ 2 equispaced vertices per axis a, including 0 and 1. A function stored by its
+    values at the vertices is evaluated anywhere by multilinear interpolation, which reproduces
+    constants and functions affine in each coordinate exactly.
+``"constant"`` (cell indicators, cell-centred)
+    ``size[a]`` ≥ 1 equal cells per axis; a function is stored by its value on each cell
+    (piecewise constant, discontinuous across cell faces). A point on a face belongs to the
+    cell on its right (the last face to the last cell).
+
+The ``basis_*`` functions dispatch on the basis name; the others are the hat-basis kernels.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
+from .errors import PdenetsError
+
+SPACE_BASES = ("linear", "constant")
 
 
 def control_nodes(size: tuple[int, ...], dtype=torch.float64, device="cpu") -> torch.Tensor:
@@ -94,3 +107,77 @@ def stiffness_matrix(size: tuple[int, ...], dtype=torch.float64) -> torch.Tensor
     M0, M1 = mass_matrix_1d(size[0], dtype), mass_matrix_1d(size[1], dtype)
     K0, K1 = stiffness_matrix_1d(size[0], dtype), stiffness_matrix_1d(size[1], dtype)
     return torch.kron(K0, M1) + torch.kron(M0, K1)
+
+
+# ------------------------------------------------------------------------------------------
+# piecewise-constant cell basis and dispatch on the basis name
+
+
+def cell_index(nodes: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Index of the equal cell (row-major over ``shape``) containing each node."""
+    idx = torch.zeros(nodes.shape[0], dtype=torch.long, device=nodes.device)
+    for a, n in enumerate(shape):
+        k = torch.clamp(torch.floor(nodes[:, a] * n).long(), 0, n - 1)
+        idx = idx * n + k
+    return idx
+
+
+def check_size(size, dim: int, basis: str, what: str) -> tuple[int, ...]:
+    """Validate a control-grid size (vertices ≥ 2 for ``linear``, cells ≥ 1 for ``constant``)."""
+    if basis not in SPACE_BASES:
+        raise PdenetsError(f"{what}: unknown space basis {basis!r}; choose one of "
+                           f"{', '.join(SPACE_BASES)}")
+    sz = tuple(size) if isinstance(size, tuple | list) else (size,) * dim
+    least = 2 if basis == "linear" else 1
+    if len(sz) != dim or any(isinstance(k, bool) or int(k) != k or int(k) < least for k in sz):
+        unit = "vertices" if basis == "linear" else "cells"
+        raise PdenetsError(f"{what}: size must give >= {least} {unit} per axis for the "
+                           f"{basis!r} space basis, got {size!r}")
+    return tuple(int(k) for k in sz)
+
+
+def basis_nodes(size: tuple[int, ...], basis: str, dtype=torch.float64,
+                device="cpu") -> torch.Tensor:
+    """Points carrying the stored values: vertices (linear) or cell centres (constant)."""
+    if basis == "linear":
+        return control_nodes(size, dtype, device)
+    axes = [(torch.arange(k, dtype=dtype, device=device) + 0.5) / k for k in size]
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([m.reshape(-1) for m in mesh], dim=1)
+
+
+def basis_matrix(nodes: torch.Tensor, size: tuple[int, ...], basis: str) -> torch.Tensor:
+    """Evaluation matrix ``(N, prod(size))``: ``f(x_i) = Σ_c P[i, c] f_c``."""
+    if basis == "linear":
+        return hat_matrix(nodes, size)
+    idx = cell_index(torch.clamp(nodes, 0.0, 1.0), size)
+    P = torch.zeros(nodes.shape[0], math.prod(size), dtype=nodes.dtype, device=nodes.device)
+    P[torch.arange(nodes.shape[0], device=nodes.device), idx] = 1.0
+    return P
+
+
+def basis_mass(size: tuple[int, ...], basis: str, dtype=torch.float64) -> torch.Tensor:
+    """Exact L²([0,1]^d) Gram matrix of the basis (diagonal 1/#cells for ``constant``)."""
+    if basis == "linear":
+        return mass_matrix(size, dtype)
+    n = math.prod(size)
+    return torch.eye(n, dtype=dtype) / n
+
+
+def basis_stiffness(size: tuple[int, ...], basis: str, dtype=torch.float64) -> torch.Tensor:
+    """Gram matrix of the gradients; only the continuous (``linear``) basis has one."""
+    if basis != "linear":
+        raise PdenetsError("the H¹-in-width penalty (gamma > 0) needs controls in the "
+                           "'linear' space basis: piecewise-constant controls have no "
+                           "square-integrable gradient")
+    return stiffness_matrix(size, dtype)
+
+
+def basis_prolong(size_from: tuple[int, ...], size_to: tuple[int, ...], basis: str,
+                  dtype=torch.float64) -> torch.Tensor:
+    """Prolongation ``(prod(size_to), prod(size_from))`` to a finer grid of the same basis;
+    exact when ``size_to − 1`` (linear) or ``size_to`` (constant) is a multiple of the
+    coarse one per axis."""
+    if basis == "linear":
+        return prolong(size_from, size_to, dtype)
+    return basis_matrix(basis_nodes(size_to, basis, dtype), size_from, basis)

@@ -45,6 +45,7 @@ class ModelConfig:
     control_size: int = 0
     intervals: int = 4
     time_basis: str = "linear"
+    space_basis: str = "linear"
     rule: str = "midpoint"
     width: int = 0
     solver: str = "rk4"
@@ -218,7 +219,7 @@ def validate(cfg: Config) -> None:
     """Check value ranges and choices; raise :class:`ConfigError` naming the key."""
     from .activations import ACTIVATIONS
     from .adjoint import ADJOINTS
-    from .controls import TIME_BASES
+    from .controls import SPACE_BASES, TIME_BASES
     from .data import BUILTIN
     from .dynamics import DYNAMICS
     from .integrators import SOLVERS
@@ -250,14 +251,19 @@ def validate(cfg: Config) -> None:
     choice("model.dynamics", m.dynamics, tuple(DYNAMICS))
     choice("model.activation", m.activation, ACTIVATIONS)
     choice("model.time_basis", m.time_basis, TIME_BASES)
+    choice("model.space_basis", m.space_basis, SPACE_BASES)
     choice("model.rule", m.rule, tuple(RULES))
     choice("model.solver", m.solver, tuple(SOLVERS))
     choice("model.readout", m.readout, ("linear", "cell_average"))
     positive("model.eps", m.eps, allow_zero=True)
     positive("model.T", m.T)
     positive("model.control_size", m.control_size, allow_zero=True)
-    if m.control_size == 1:
-        raise ConfigError("model.control_size: needs >= 2 vertices per axis (or 0 = auto)")
+    if m.control_size == 1 and m.space_basis == "linear":
+        raise ConfigError("model.control_size: needs >= 2 vertices per axis for the linear "
+                          "space basis (or 0 = auto)")
+    if o.gamma > 0 and m.space_basis != "linear":
+        raise ConfigError("objective.gamma > 0 (H¹-in-width penalty) needs model.space_basis "
+                          "= 'linear': piecewise-constant controls have no gradient in L²")
     positive("model.intervals", m.intervals)
     positive("model.width", m.width, allow_zero=True)
     positive("model.steps", m.steps)

@@ -8,11 +8,21 @@ width N and any number of steps S (discretization invariance, MODEL.md §2).
 Two representations are provided:
 
 :class:`GridControls` (learnable)
-    Values on a vertex-centred control grid of ``size`` vertices per axis in x (and in y),
-    multilinear interpolation in space; in depth either piecewise constant on ``intervals``
-    equal intervals (``time_basis="constant"``, the weight-tied-per-block ResNet) or piecewise
-    linear between ``intervals + 1`` knots (``time_basis="linear"``). Constants and functions
-    affine in each of x, y (and, for the linear basis, in t) are represented exactly.
+    Values on a control grid in x (and in y): in space either multilinear on ``size`` vertices
+    per axis (``space_basis="linear"``, continuous controls; constants and functions affine in
+    each of x, y are represented exactly) or piecewise constant on ``size`` equal cells per axis
+    (``space_basis="constant"``: bounded, discontinuous controls); in depth either piecewise
+    constant on ``intervals`` equal intervals (``time_basis="constant"``, the
+    weight-tied-per-block ResNet) or piecewise linear between ``intervals + 1`` knots
+    (``time_basis="linear"``).
+
+    The piecewise-constant space basis is the continuum network whose discretization is exact
+    in width: if the lifted input is constant on the same cells (an image on its pixel grid),
+    then u(·, t) stays constant on them (the right-hand side of §1 is), so every midpoint rule
+    with a multiple of the cells per axis gives the same outputs up to rounding, and the cells
+    are the network's neurons. Non-aligned widths converge at first order (the integrand jumps
+    inside quadrature cells). Such controls satisfy the hypotheses of §3 (w bounded), not the
+    smoothness behind second-order quadrature convergence.
 :class:`FunctionControls` (fixed)
     Exact Python callables ``w(x, y, t)`` and ``b(x, t)``, evaluated at every stage; used for
     verification against analytic solutions.
@@ -31,11 +41,14 @@ import torch
 from torch import nn
 
 from . import _basis
+from ._basis import SPACE_BASES
 from ._checks import check_choice, check_finite, check_positive
 from .errors import PdenetsError
 from .quadrature import Grid
 
 TIME_BASES = ("constant", "linear")
+__all__ = ["GridControls", "FunctionControls", "Controls", "KernelSchedule", "TIME_BASES",
+           "SPACE_BASES"]
 
 WFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 BFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -138,7 +151,8 @@ class GridControls(Controls):
     dim : int
         Dimension d of Ω (1 or 2).
     size : int or tuple of int
-        Control-grid vertices per axis (≥ 2), so w has ``prod(size)²`` values per knot.
+        Control-grid vertices (≥ 2, ``space_basis="linear"``) or cells (≥ 1, ``"constant"``)
+        per axis, so w has ``prod(size)²`` values per knot.
     intervals : int
         Number M of depth intervals of the control (≥ 1).
     T : float
@@ -149,6 +163,8 @@ class GridControls(Controls):
         Initial knot values, shapes ``(K, Nc, Nc)`` and ``(K, Nc)`` with K = M (+1 for linear)
         and Nc = prod(size). Zeros if omitted.
     dtype : torch.dtype
+    space_basis : {"linear", "constant"}
+        Multilinear on vertices or piecewise constant on cells (see the module docstring).
     """
 
     def __init__(
@@ -161,15 +177,14 @@ class GridControls(Controls):
         w: torch.Tensor | None = None,
         b: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float64,
+        space_basis: str = "linear",
     ) -> None:
         super().__init__()
         if dim not in (1, 2):
             raise PdenetsError(f"controls: dimension must be 1 or 2, got {dim!r}")
         self.dim = dim
-        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dim
-        if len(self.size) != dim or any(int(k) < 2 for k in self.size):
-            raise PdenetsError(f"controls: size must give >= 2 vertices per axis, got {size!r}")
-        self.size = tuple(int(k) for k in self.size)
+        self.space_basis = check_choice(space_basis, SPACE_BASES, "space basis")
+        self.size = _basis.check_size(size, dim, self.space_basis, "controls")
         check_positive(intervals, "controls: intervals", integer=True)
         check_positive(T, "T")
         self.intervals = int(intervals)
@@ -198,8 +213,24 @@ class GridControls(Controls):
 
     @property
     def n_control(self) -> int:
-        """Number Nc of control-grid vertices."""
+        """Number Nc of control-grid vertices (cells)."""
         return math.prod(self.size)
+
+    def like(self, **changes) -> GridControls:
+        """A new :class:`GridControls` with this one's structure (dim, size, intervals, T, bases,
+        dtype) except ``changes`` (any constructor argument, e.g. ``w=``, ``T=``)."""
+        kw = dict(dim=self.dim, size=self.size, intervals=self.intervals, T=self.T,
+                  time_basis=self.time_basis, dtype=self.w.dtype, space_basis=self.space_basis)
+        kw.update(changes)
+        return GridControls(**kw).to(self.w.device)
+
+    def basis_matrix(self, nodes: torch.Tensor) -> torch.Tensor:
+        """``P`` with ``f(x_i) = Σ_c P[i, c] f_c`` for the stored values ``f_c``."""
+        return _basis.basis_matrix(nodes, self.size, self.space_basis).to(self.w.dtype)
+
+    def mass_matrix(self) -> torch.Tensor:
+        """Exact L²(Ω) Gram matrix of the space basis."""
+        return _basis.basis_mass(self.size, self.space_basis, self.w.dtype).to(self.w.device)
 
     def knot_times(self) -> torch.Tensor:
         """Depths of the knots: interval midpoints (constant) or interval ends (linear)."""
@@ -209,13 +240,14 @@ class GridControls(Controls):
         return torch.arange(self.intervals + 1, dtype=torch.float64) * d
 
     def vertices(self) -> torch.Tensor:
-        """Control-grid vertices, shape ``(Nc, d)``."""
-        return _basis.control_nodes(self.size, self.w.dtype, self.w.device)
+        """Points carrying the stored values — control-grid vertices (linear space basis) or
+        cell centres (constant) — shape ``(Nc, d)``."""
+        return _basis.basis_nodes(self.size, self.space_basis, self.w.dtype, self.w.device)
 
     def discretize(self, grid: Grid) -> KernelSchedule:
         if grid.dim != self.dim:
             raise PdenetsError(f"controls are {self.dim}-D but the width grid is {grid.dim}-D")
-        P = _basis.hat_matrix(grid.nodes, self.size).to(self.w.dtype)
+        P = self.basis_matrix(grid.nodes).to(grid.nodes.device)
         A = torch.matmul(torch.matmul(P, self.w), P.T) * grid.weights.to(self.w.dtype)
         b = self.b @ P.T
         return _KnotSchedule(A, b, self.T, self.time_basis, grid.weights.to(self.w.dtype))
@@ -232,10 +264,12 @@ class GridControls(Controls):
         T: float = 1.0,
         time_basis: str = "linear",
         dtype: torch.dtype = torch.float64,
+        space_basis: str = "linear",
     ) -> GridControls:
-        """Sample callables ``w_fn(x, y, t)`` and ``b_fn(x, t)`` at the control-grid vertices and
-        knot depths (``x``, ``y`` broadcastable tensors with last axis d; ``t`` a float)."""
-        c = cls(dim, size, intervals, T, time_basis, dtype=dtype)
+        """Sample callables ``w_fn(x, y, t)`` and ``b_fn(x, t)`` at the control-grid vertices
+        (cell centres for ``space_basis="constant"``) and knot depths (``x``, ``y``
+        broadcastable tensors with last axis d; ``t`` a float)."""
+        c = cls(dim, size, intervals, T, time_basis, dtype=dtype, space_basis=space_basis)
         v = c.vertices()
         ws, bs = [], []
         for t in c.knot_times().tolist():
@@ -262,15 +296,17 @@ class GridControls(Controls):
     ) -> GridControls:
         """The same functions on a finer control grid and/or more depth intervals.
 
-        Exact (no change of the represented function) when ``size − 1`` is a multiple of the
-        current ``size − 1`` per axis and ``intervals`` is a multiple of the current one
-        (MODEL.md §2, multilevel training).
+        Exact (no change of the represented function) when ``size − 1`` (linear space basis) or
+        ``size`` (constant) is a multiple of the current one per axis and ``intervals`` is a
+        multiple of the current one (MODEL.md §2, multilevel training).
         """
         size = self.size if size is None else size
         size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * self.dim
         intervals = self.intervals if intervals is None else int(intervals)
-        new = GridControls(self.dim, size, intervals, self.T, self.time_basis, dtype=self.w.dtype)
-        Ps = _basis.prolong(self.size, new.size, self.w.dtype).to(self.w.device)
+        new = GridControls(self.dim, size, intervals, self.T, self.time_basis, dtype=self.w.dtype,
+                           space_basis=self.space_basis)
+        Ps = _basis.basis_prolong(self.size, new.size, self.space_basis,
+                                  self.w.dtype).to(self.w.device)
         # depth: evaluate the old time interpolation at the new knot times
         sched = _KnotSchedule(self.w, self.b, self.T, self.time_basis, None)
         new_t = new.knot_times().tolist()
@@ -295,7 +331,7 @@ class GridControls(Controls):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, size={self.size}, intervals={self.intervals}, T={self.T}, "
-            f"time_basis={self.time_basis!r}"
+            f"time_basis={self.time_basis!r}, space_basis={self.space_basis!r}"
         )
 
 

@@ -5,8 +5,9 @@
     ``shape = (p, q)`` is the pixel grid of an image, pixel (r, c) covering
     [r/p, (r+1)/p) × [c/q, (c+1)/q) (axis 0 of Ω is the image row).
 :class:`LearnableLifting`
-    u(x, 0) = Σ_i ξ_i φ_i(x) with learnable φ_i stored on a control grid (multilinear), initialised
-    to the piecewise-constant lifting sampled at the control vertices.
+    u(x, 0) = Σ_i ξ_i φ_i(x) with learnable φ_i stored on a control grid (multilinear, or
+    piecewise constant on cells: ``basis``), initialised to the piecewise-constant lifting
+    sampled at the control vertices (cell centres).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from . import _basis
+from ._basis import cell_index
 from ._checks import check_finite
 from .errors import PdenetsError
 from .quadrature import Grid
@@ -53,15 +55,6 @@ class Lifting(nn.Module):
         raise NotImplementedError
 
 
-def cell_index(nodes: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Index of the equal cell (row-major over ``shape``) containing each node."""
-    idx = torch.zeros(nodes.shape[0], dtype=torch.long, device=nodes.device)
-    for a, n in enumerate(shape):
-        k = torch.clamp(torch.floor(nodes[:, a] * n).long(), 0, n - 1)
-        idx = idx * n + k
-    return idx
-
-
 class PiecewiseConstantLifting(Lifting):
     """Piecewise-constant lifting on n equal cells (see module docstring).
 
@@ -92,19 +85,19 @@ class PiecewiseConstantLifting(Lifting):
 
 
 class LearnableLifting(Lifting):
-    """u(x, 0) = Σ_i ξ_i φ_i(x), φ_i learnable on a control grid of ``size`` vertices per axis."""
+    """u(x, 0) = Σ_i ξ_i φ_i(x), φ_i learnable on a control grid of ``size`` vertices
+    (``basis="linear"``) or cells (``basis="constant"``) per axis."""
 
     def __init__(
         self, shape: int | tuple[int, ...], size: int | tuple[int, ...], dtype=torch.float64,
-        phi: torch.Tensor | None = None,
+        phi: torch.Tensor | None = None, basis: str = "linear",
     ) -> None:
         super().__init__()
         self.shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
         self.dim = len(self.shape)
-        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * self.dim
-        if len(self.size) != self.dim or min(self.size) < 2:
-            raise PdenetsError(f"learnable lifting: bad control size {size!r}")
-        v = _basis.control_nodes(self.size, dtype)
+        self.basis = basis
+        self.size = _basis.check_size(size, self.dim, basis, "learnable lifting")
+        v = _basis.basis_nodes(self.size, basis, dtype)
         if phi is None:
             phi = torch.nn.functional.one_hot(
                 cell_index(v, self.shape), self.n_features
@@ -116,8 +109,9 @@ class LearnableLifting(Lifting):
 
     def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:
         xi = self.flatten(xi).to(self.phi.dtype)
-        P = _basis.hat_matrix(grid.nodes, self.size).to(self.phi.dtype)
+        P = _basis.basis_matrix(grid.nodes, self.size, self.basis).to(self.phi.dtype)
         return xi @ (self.phi @ P.T)
 
     def config(self) -> dict:
-        return {"kind": "learnable", "shape": list(self.shape), "size": list(self.size)}
+        return {"kind": "learnable", "shape": list(self.shape), "size": list(self.size),
+                "basis": self.basis}

@@ -8,16 +8,19 @@ holds one key, ``"pdenets"``, whose value is a JSON object::
     {"format": "pdenets-model", "version": 1,
      "T": 1.0, "dim": 2,
      "dynamics": {"kind": "standard"|"field"|"selection", "activation": "tanh", "eps": 0.0},
-     "controls": {"kind": "grid", "size": [8, 8], "intervals": 4, "time_basis": "linear"},
+     "controls": {"kind": "grid", "size": [8, 8], "intervals": 4, "time_basis": "linear",
+                  "space_basis": "linear"|"constant"},
      "lifting":  {"kind": "piecewise_constant", "shape": [8, 8]}
-               | {"kind": "learnable", "shape": [...], "size": [...]},
-     "readout":  {"kind": "linear", "outputs": 10, "size": [8, 8]}
+               | {"kind": "learnable", "shape": [...], "size": [...], "basis": "linear"},
+     "readout":  {"kind": "linear", "outputs": 10, "size": [8, 8], "basis": "constant"}
                | {"kind": "cell_average", "cells": [2, 5]},
      "discretization": {"rule": "midpoint", "width": [8, 8], "dim": 2,
                         "solver": {"name": "rk4"}, "steps": 8},
      "extra": {...}}                       # free-form (training info), optional
 
-and the tensors (float32 or float64; Nc = prod(controls.size), K = intervals (+1 if linear)):
+(``space_basis``/``basis`` are optional, default ``"linear"``: files written before they
+existed load unchanged) and the tensors (float32 or float64; Nc = prod(controls.size),
+K = intervals (+1 if linear); "vertices" are cells for the constant space basis):
 
 ====================  ==================  =============================================
 name                  shape               meaning
@@ -169,6 +172,11 @@ def _check_sizes_against_tensors(meta, cmeta, lmeta, rmeta, dmeta, dim, tensors)
                              f"[1, {MAX_STEPS}]")
 
 
+def _opt_str(d: dict, key: str, where: str, default: str = "linear") -> str:
+    """An optional string entry (files written before the entry existed lack it)."""
+    return _get(d, key, str, where) if key in d else default
+
+
 def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation | None):
     if meta.get("format") != FORMAT:
         raise ModelFileError("model file: not a pdenets model (metadata 'format' is wrong)")
@@ -194,7 +202,8 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
         size = _int_list(cmeta.get("size"), "controls.size", dim)
         expected: dict[str, tuple[int, ...]] = {}
         ctrl = GridControls(dim, size, _get(cmeta, "intervals", int, "controls"), T,
-                            _get(cmeta, "time_basis", str, "controls"))
+                            _get(cmeta, "time_basis", str, "controls"),
+                            space_basis=_opt_str(cmeta, "space_basis", "controls"))
         expected["controls.w"] = tuple(ctrl.w.shape)
         expected["controls.b"] = tuple(ctrl.b.shape)
         lkind = _get(lmeta, "kind", str, "lifting")
@@ -202,14 +211,16 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
         if lkind == "piecewise_constant":
             lifting = PiecewiseConstantLifting(shape)
         elif lkind == "learnable":
-            lifting = LearnableLifting(shape, _int_list(lmeta.get("size"), "lifting.size", dim))
+            lifting = LearnableLifting(shape, _int_list(lmeta.get("size"), "lifting.size", dim),
+                                       basis=_opt_str(lmeta, "basis", "lifting"))
             expected["lifting.phi"] = tuple(lifting.phi.shape)
         else:
             raise ModelFileError(f"model file: unknown lifting kind {lkind!r}")
         rkind = _get(rmeta, "kind", str, "readout")
         if rkind == "linear":
             readout = LinearReadout(_get(rmeta, "outputs", int, "readout"), dim,
-                                    _int_list(rmeta.get("size"), "readout.size", dim))
+                                    _int_list(rmeta.get("size"), "readout.size", dim),
+                                    basis=_opt_str(rmeta, "basis", "readout"))
             expected["readout.c"] = tuple(readout.c.shape)
             expected["readout.d"] = tuple(readout.d.shape)
         elif rkind == "cell_average":

@@ -87,9 +87,9 @@ def prolong_network(
     if isinstance(ro, LinearReadout):
         size = _sizes(readout_size, dim) if readout_size is not None else (
             ctrl.size if ro.size == old.size else ro.size)
-        Ps = _basis.prolong(ro.size, size, ro.c.dtype).to(ro.c.device)
+        Ps = _basis.basis_prolong(ro.size, size, ro.basis, ro.c.dtype).to(ro.c.device)
         new_ro = LinearReadout(ro.outputs, dim, size, c=(ro.c.detach() @ Ps.T),
-                               d=ro.d.detach(), dtype=ro.c.dtype)
+                               d=ro.d.detach(), dtype=ro.c.dtype, basis=ro.basis)
         new_ro.c.requires_grad_(ro.c.requires_grad)
         new_ro.d.requires_grad_(ro.d.requires_grad)
         ro = new_ro.to(ro.c.device)
@@ -99,9 +99,10 @@ def prolong_network(
     if isinstance(lift, LearnableLifting):
         size = _sizes(lifting_size, dim) if lifting_size is not None else (
             ctrl.size if lift.size == old.size else lift.size)
-        Ps = _basis.prolong(lift.size, size, lift.phi.dtype).to(lift.phi.device)
+        Ps = _basis.basis_prolong(lift.size, size, lift.basis,
+                                  lift.phi.dtype).to(lift.phi.device)
         new_l = LearnableLifting(lift.shape, size, lift.phi.dtype,
-                                 phi=lift.phi.detach() @ Ps.T)
+                                 phi=lift.phi.detach() @ Ps.T, basis=lift.basis)
         new_l.phi.requires_grad_(lift.phi.requires_grad)
         lift = new_l.to(lift.phi.device)
     elif isinstance(lift, PiecewiseConstantLifting):
@@ -112,7 +113,11 @@ def prolong_network(
                             discretization or net.discretization)
 
 
-def _coarse_size(s: int, f: int) -> int:
+def _coarse_size(s: int, f: int, basis: str = "linear") -> int:
+    """Control size coarsened by the factor f: vertices (s − 1)/f + 1 (linear space basis)
+    or cells s/f (constant), rounded up so that coarse grids stay as fine as possible."""
+    if basis == "constant":
+        return max(1, math.ceil(s / f))
     return max(2, (s - 1) // f + 1) if (s - 1) % f == 0 else max(2, math.ceil((s - 1) / f) + 1)
 
 
@@ -138,7 +143,7 @@ def level_configs(cfg: Config, ds) -> list[Config]:
         else:
             m.width = width[0]
         if what in ("all", "controls"):
-            m.control_size = _coarse_size(ctrl[0], f)
+            m.control_size = _coarse_size(ctrl[0], f, cfg.model.space_basis)
             m.intervals = max(1, math.ceil(cfg.model.intervals / f))
         else:
             m.control_size = ctrl[0]

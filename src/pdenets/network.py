@@ -244,6 +244,7 @@ class ContinuumNetwork(nn.Module):
         intervals: int = 4,
         T: float = 1.0,
         time_basis: str = "linear",
+        space_basis: str = "linear",
         dynamics: str = "standard",
         activation: str = "tanh",
         eps: float = 0.0,
@@ -265,22 +266,28 @@ class ContinuumNetwork(nn.Module):
         init_scale / √Nc, the usual fan-in scaling of a residual layer (resolution
         independent: refining the width does not change the represented function). The bias
         knots are N(0, (init_scale/10)²).
+
+        ``space_basis`` is the controls' space basis (``"linear"``: ``control_size`` vertices
+        per axis, multilinear; ``"constant"``: ``control_size`` cells, piecewise constant; see
+        :class:`~pdenets.controls.GridControls`); the linear readout and a learnable lifting
+        use the same grid and basis.
         """
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         dim = len(shape)
         if control_size is None:
             control_size = tuple(max(2, min(s, 16)) for s in shape)
         gen = torch.Generator().manual_seed(seed)
-        ctrl = GridControls(dim, control_size, intervals, T, time_basis, dtype=dtype)
+        ctrl = GridControls(dim, control_size, intervals, T, time_basis, dtype=dtype,
+                            space_basis=space_basis)
         with torch.no_grad():
             ctrl.w.normal_(0.0, init_scale * ctrl.n_control**0.5, generator=gen)
             ctrl.b.normal_(0.0, 0.1 * init_scale, generator=gen)
         lift: Lifting = (
-            LearnableLifting(shape, ctrl.size, dtype) if learnable_lifting
+            LearnableLifting(shape, ctrl.size, dtype, basis=space_basis) if learnable_lifting
             else PiecewiseConstantLifting(shape)
         )
         if readout == "linear":
-            ro: Readout = LinearReadout(outputs, dim, ctrl.size, dtype=dtype)
+            ro: Readout = LinearReadout(outputs, dim, ctrl.size, dtype=dtype, basis=space_basis)
         elif readout == "cell_average":
             cells = (outputs,) if dim == 1 else _factor2(outputs)
             ro = CellAverageReadout(cells)
@@ -339,7 +346,7 @@ class ContinuumNetwork(nn.Module):
             "dynamics": self.dynamics.config(),
             "controls": {
                 "kind": "grid", "size": list(c.size), "intervals": c.intervals,
-                "time_basis": c.time_basis,
+                "time_basis": c.time_basis, "space_basis": c.space_basis,
             },
             "lifting": self.lifting.config(),
             "readout": self.readout.config(),

@@ -76,7 +76,7 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
     entry ``∫_0^T ‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖² dt`` (norms in L²(Ω×Ω) and L²(Ω)).
     """
     dt, dev = ctrl.w.dtype, ctrl.w.device
-    M = _basis.mass_matrix(ctrl.size, dt).to(dev)
+    M = ctrl.mass_matrix()
     W, Bv = ctrl.w, ctrl.b
 
     # <U, V> for the kernel with Gram matrices L (first variable x) and R (second variable y):
@@ -99,7 +99,7 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
         dsq = W.new_zeros(())
     if not spatial:
         return sq, dsq
-    S = _basis.stiffness_matrix(ctrl.size, dt).to(dev)
+    S = _basis.basis_stiffness(ctrl.size, ctrl.space_basis, dt).to(dev)
     grad = _time_integral(ctrl, both(lambda i, j: w_form(S, M)(i, j) + w_form(M, S)(i, j),
                                      b_form(S)))
     return sq, dsq, grad

@@ -96,7 +96,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import _basis
 from .adjoint import _knot_weights
 from .controls import GridControls
 from .errors import PdenetsError
@@ -280,13 +279,13 @@ def costate_rhs_batched(dynamics, Y, A, b, p) -> torch.Tensor:
 
 def _knot_matrices(ctrl: GridControls, grid, W: torch.Tensor, B: torch.Tensor):
     """Nodal (A_j, b_j) of knot values (W, B) on ``grid`` (as GridControls.discretize)."""
-    P = _basis.hat_matrix(grid.nodes, ctrl.size).to(W.dtype)
+    P = ctrl.basis_matrix(grid.nodes).to(W.dtype)
     A = torch.matmul(torch.matmul(P, W), P.T) * grid.weights.to(W.dtype)
     return A, B @ P.T
 
 
 def _mass(ctrl: GridControls) -> torch.Tensor:
-    return _basis.mass_matrix(ctrl.size, ctrl.w.dtype).to(ctrl.w.device)
+    return ctrl.mass_matrix()
 
 
 def _dual_sq(Gw: torch.Tensor, Gb: torch.Tensor, Minv: torch.Tensor) -> torch.Tensor:
@@ -467,7 +466,7 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
     Pb = wk.T @ Gb_data
     W = ctrl.w.detach().clone().requires_grad_(True)
     Bv = ctrl.b.detach().clone().requires_grad_(True)
-    tmp = GridControls(ctrl.dim, ctrl.size, ctrl.intervals, ctrl.T, ctrl.time_basis, dtype=dt)
+    tmp = ctrl.like(dtype=dt)
     tmp.w, tmp.b = torch.nn.Parameter(W), torch.nn.Parameter(Bv)
     sq, dsq = control_norms(tmp)
     gw_a, gb_a = torch.autograd.grad(0.5 * objective.alpha * sq, [tmp.w, tmp.b],

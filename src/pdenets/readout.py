@@ -1,8 +1,8 @@
 """Readout R: final field u(·, T) → output y ∈ R^m (MODEL.md §1).
 
 :class:`LinearReadout`
-    y_j = ∫_Ω c_j(x) u(x, T) dx + d_j with learnable c_j (on a control grid, multilinear) and
-    d_j, evaluated by the width quadrature.
+    y_j = ∫_Ω c_j(x) u(x, T) dx + d_j with learnable c_j (on a control grid: multilinear, or
+    piecewise constant on cells) and d_j, evaluated by the width quadrature.
 :class:`CellAverageReadout`
     y_j = the average of u(·, T) over the j-th of m equal output cells (fixed, no parameters).
 """
@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from . import _basis
+from ._basis import cell_index
 from .errors import PdenetsError
-from .lifting import cell_index
 from .quadrature import Grid
 
 
@@ -46,20 +46,21 @@ class LinearReadout(Readout):
         m.
     dim : int
     size : int or tuple
-        Control-grid vertices per axis for the c_j.
+        Control-grid vertices (``basis="linear"``) or cells (``"constant"``) per axis for the c_j.
     c, d : torch.Tensor, optional
         Initial values, shapes ``(m, prod(size))`` and ``(m,)``.
+    basis : {"linear", "constant"}
+        Space basis of the c_j (see :class:`~pdenets.controls.GridControls`).
     """
 
     def __init__(self, outputs: int, dim: int, size: int | tuple[int, ...], c=None, d=None,
-                 dtype=torch.float64) -> None:
+                 dtype=torch.float64, basis: str = "linear") -> None:
         super().__init__()
         if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
             raise PdenetsError(f"readout outputs must be a positive integer, got {outputs!r}")
         self.outputs, self.dim = outputs, dim
-        self.size = tuple(size) if isinstance(size, tuple | list) else (int(size),) * dim
-        if len(self.size) != dim or min(self.size) < 2:
-            raise PdenetsError(f"readout: bad control size {size!r}")
+        self.basis = basis
+        self.size = _basis.check_size(size, dim, basis, "readout")
         Nc = math.prod(self.size)
         c = torch.zeros(outputs, Nc, dtype=dtype) if c is None else torch.as_tensor(c, dtype=dtype)
         d = torch.zeros(outputs, dtype=dtype) if d is None else torch.as_tensor(d, dtype=dtype)
@@ -72,11 +73,12 @@ class LinearReadout(Readout):
         self.d = nn.Parameter(d.clone())
 
     def matrix(self, grid):
-        P = _basis.hat_matrix(grid.nodes, self.size).to(self.c.dtype)
+        P = _basis.basis_matrix(grid.nodes, self.size, self.basis).to(self.c.dtype)
         return (self.c @ P.T) * grid.weights.to(self.c.dtype), self.d
 
     def config(self) -> dict:
-        return {"kind": "linear", "outputs": self.outputs, "size": list(self.size)}
+        return {"kind": "linear", "outputs": self.outputs, "size": list(self.size),
+                "basis": self.basis}
 
 
 class CellAverageReadout(Readout):

@@ -48,26 +48,30 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(width nodes per axis, control vertices per axis) after resolving ``0 = auto``.
+    """(width nodes per axis, control vertices/cells per axis) after resolving ``0 = auto``.
 
-    Images: one neuron per pixel, and control vertices on the pixel corners (p + 1 per axis).
+    Images: one neuron per pixel; the controls live on the pixel grid — p cells per axis for
+    the constant space basis, p + 1 vertices (the pixel corners) for the linear one.
     Feature vectors: at least 32 neurons, a multiple of the number of features (so the
-    piecewise-constant lifting is resolved exactly), and k + 1 control vertices with k the
-    largest divisor of the width ≤ max(16, n) (so each feature can be weighted on its own).
-    Either way the kinks of the multilinear controls lie on
-    cell boundaries of the midpoint rule at this width and at every multiple of it, so that
-    refining the width converges at second order (see the discretization-invariance test).
+    piecewise-constant lifting is resolved exactly), and k cells (constant) or k + 1 vertices
+    (linear) with k the largest divisor of the width ≤ max(16, n) (so each feature can be
+    weighted on its own).
+    Either way the jumps or kinks of the controls lie on cell boundaries of the midpoint rule
+    at this width and at every multiple of it: refining the width is exact (constant basis,
+    see :class:`~pdenets.controls.GridControls`) or converges at second order (linear basis)
+    — see the discretization-invariance tests.
     """
     shape = ds.input_shape
     m = cfg.model
+    extra = 1 if m.space_basis == "linear" else 0
     if len(shape) == 2:
         width = (m.width,) * 2 if m.width else shape
-        ctrl = (m.control_size,) * 2 if m.control_size else tuple(s + 1 for s in shape)
+        ctrl = (m.control_size,) * 2 if m.control_size else tuple(s + extra for s in shape)
     else:
         n = shape[0]
         width = (m.width,) if m.width else (n * math.ceil(32 / n),)
         k = max(d for d in range(1, max(16, n) + 1) if width[0] % d == 0)
-        ctrl = (m.control_size,) if m.control_size else (max(k, 1) + 1,)
+        ctrl = (m.control_size,) if m.control_size else (max(k, 1) + extra,)
     return width, ctrl
 
 
@@ -78,7 +82,8 @@ def build_network(cfg: Config, ds: Dataset) -> ContinuumNetwork:
     try:
         net = ContinuumNetwork.create(
             ds.input_shape, ds.n_outputs, control_size=ctrl, intervals=m.intervals, T=m.T,
-            time_basis=m.time_basis, dynamics=m.dynamics, activation=m.activation, eps=m.eps,
+            time_basis=m.time_basis, space_basis=m.space_basis, dynamics=m.dynamics,
+            activation=m.activation, eps=m.eps,
             readout=m.readout, learnable_lifting=m.learnable_lifting, width=width, rule=m.rule,
             solver=m.solver, steps=m.steps, init_scale=m.init_scale, seed=cfg.seed,
             dtype=torch.float64,

@@ -182,8 +182,7 @@ def with_horizon(net, T: float):
     if not isinstance(c, GridControls):
         raise PdenetsError("changing the depth T needs GridControls")
     new = copy.deepcopy(net)
-    new.controls = GridControls(c.dim, c.size, c.intervals, float(T), c.time_basis,
-                                w=c.w.detach(), b=c.b.detach(), dtype=c.w.dtype)
+    new.controls = c.like(T=float(T), w=c.w.detach(), b=c.b.detach())
     d = net.discretization
     steps = max(1, math.ceil(d.steps * float(T) / c.T - 1e-9))
     new.discretization = type(d)(d.width, d.solver, steps)

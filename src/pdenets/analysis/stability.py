@@ -352,8 +352,7 @@ def control_sensitivity(
     selection = dynamics.kind == "selection"
 
     def make(w, b):
-        return GridControls(controls.dim, controls.size, controls.intervals, controls.T,
-                            controls.time_basis, w=w, b=b, dtype=controls.w.dtype)
+        return controls.like(w=w, b=b)
 
     with torch.no_grad():
         w0, b0 = controls.w.detach(), controls.b.detach()
