@@ -226,27 +226,52 @@ def test_cli_resume(tmp_path):
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
 
 
-def test_image_augmentation_shifts_and_resumes_exactly(tmp_path):
+def test_affine_image_augmentation_against_scipy():
+    from scipy.ndimage import affine_transform
+
+    from pdenets.data import affine_images, random_affine
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.random((4, 5, 7)))
+    # integer translations: the zero-filled translate, exactly
+    out = affine_images(x[:1], torch.zeros(1), torch.ones(1), torch.tensor([[1.0, -2.0]]))
+    ref = torch.zeros(5, 7, dtype=torch.float64)
+    ref[1:, :5] = x[0, :4, 2:]
+    assert torch.equal(out[0], ref)
+    # rotation, scaling, sub-pixel shift: bilinear with zeros outside (scipy's convention)
+    ang = torch.tensor([0.3, -0.2, 0.0, 1.0])
+    sc = torch.tensor([1.1, 0.9, 1.0, 1.3])
+    sh = torch.tensor([[0.4, -0.3], [-1.2, 0.7], [0.25, 0.5], [0.0, 0.0]])
+    out = affine_images(x, ang, sc, sh)
+    c = np.array([2.0, 3.0])
+    for k in range(4):
+        a, s = float(ang[k]), float(sc[k])
+        Minv = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) / s
+        offset = c - Minv @ (c + sh[k].numpy())
+        want = affine_transform(x[k].numpy(), Minv, offset=offset, order=1,
+                                mode="grid-constant", cval=0.0)
+        assert np.allclose(out[k].numpy(), want, atol=1e-12), k
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(random_affine(x, g1, rotate=10, shift=0.5, scale=0.1),
+                       random_affine(x, g2, rotate=10, shift=0.5, scale=0.1))
+    assert random_affine(x, g1) is x
+
+
+def test_image_augmentation_resumes_exactly(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((60, 4, 4))
     y = (x[:, :2].mean((1, 2)) > x[:, 2:].mean((1, 2))).astype(int)
     np.savez(tmp_path / "img.npz", x=x, y=y)
     sets = [f"data.name={tmp_path}/img.npz", "train.epochs=3", "train.batch_size=16",
-            "model.steps=2", "model.intervals=1", "train.augment_shift=1"]
+            "model.steps=2", "model.intervals=1", "train.augment_shift=1",
+            "train.augment_rotate=20", "train.augment_scale=0.2"]
     cfg = load_config(None, sets)
     ds = load_dataset(cfg.data.name)
     t = Trainer(cfg, ds)
     xb = torch.as_tensor(x[:8])
-    shifted = t.augment(xb)
-    assert shifted.shape == xb.shape
-    for k in range(8):  # each image is a translate of the original by at most one pixel
-        ok = False
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                pad = torch.nn.functional.pad(xb[k], (1, 1, 1, 1))
-                cand = pad[1 + dr:5 + dr, 1 + dc:5 + dc]
-                ok |= bool(torch.equal(cand, shifted[k]))
-        assert ok
+    moved = t.augment(xb)
+    assert moved.shape == xb.shape and not torch.allclose(moved, xb)
+    assert torch.equal(t.augment(torch.as_tensor(x[:8, 0])), torch.as_tensor(x[:8, 0]))
     full = Trainer(cfg, ds)
     full.fit()
     part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
@@ -255,3 +280,20 @@ def test_image_augmentation_shifts_and_resumes_exactly(tmp_path):
     resumed.load_checkpoint(tmp_path / "ck.safetensors")
     resumed.fit()
     assert torch.equal(full.net.controls.w, resumed.net.controls.w)
+
+
+def test_keep_best_or_last_iterate():
+    sets = ["data.name=moons", "data.n_samples=200", "train.epochs=5", "model.steps=2",
+            "model.intervals=1", "train.lr=0.05"]
+    ds = load_dataset("moons", n_samples=200)
+    last = Trainer(load_config(None, sets + ["train.keep=last"]), ds)
+    r_last = last.fit()
+    best = Trainer(load_config(None, sets + ["train.keep=best"]), ds)
+    r_best = best.fit()
+    assert r_last.metrics["kept_epoch"] == 5
+    losses = [h["val_loss"] for h in r_best.history]
+    assert losses == [h["val_loss"] for h in r_last.history]  # same run up to the choice
+    k = r_best.metrics["kept_epoch"]
+    assert losses[k - 1] == min(losses)
+    assert r_best.metrics["val_loss"] == pytest.approx(losses[k - 1], rel=1e-6)
+    assert r_last.metrics["val_loss"] == pytest.approx(losses[-1], rel=1e-6)

@@ -41,11 +41,11 @@ class ModelConfig:
     dynamics: str = "standard"
     activation: str = "tanh"
     eps: float = 0.0
-    T: float = 1.0
+    T: float = 3.0
     control_size: int = 0
     intervals: int = 4
     time_basis: str = "linear"
-    space_basis: str = "linear"
+    space_basis: str = "constant"
     rule: str = "midpoint"
     width: int = 0
     solver: str = "rk4"
@@ -60,7 +60,7 @@ class ObjectiveConfig:
     """``[objective]``: loss (``auto`` = from the data) and regularization α, β (§4)."""
 
     loss: str = "auto"
-    alpha: float = 1e-2
+    alpha: float = 1e-3
     beta: float = 1e-4
     gamma: float = 0.0
 
@@ -70,14 +70,15 @@ class TrainConfig:
     """``[train]``: optimization method and its parameters."""
 
     method: str = "adam"
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 64
-    lr: float = 0.01
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
     warmup_epochs: int = 0
     patience: int = 0
+    keep: str = "last"
     gradient: str = "discrete"
     checkpoint_segments: int = 0
     adjoint_steps: int = 0
@@ -87,7 +88,10 @@ class TrainConfig:
     clip_norm: float = 0.0
     checkpoint_every: int = 1
     eval_batch_size: int = 2048
-    augment_shift: int = 0
+    # random affine deformations of image inputs (pdenets.data.random_affine)
+    augment_rotate: float = 10.0
+    augment_shift: float = 0.5
+    augment_scale: float = 0.1
     # method of successive approximations (MODEL.md §7)
     msa_rho: float = 1.0
     msa_inner_steps: int = 10
@@ -275,6 +279,7 @@ def validate(cfg: Config) -> None:
     choice("train.method", t.method, METHODS)
     choice("train.level_method", t.level_method, tuple(x for x in METHODS if x != "multilevel"))
     choice("train.schedule", t.schedule, SCHEDULES)
+    choice("train.keep", t.keep, ("best", "last"))
     choice("train.gradient", t.gradient, tuple(ADJOINTS))
     positive("train.epochs", t.epochs)
     positive("train.batch_size", t.batch_size)
@@ -282,7 +287,7 @@ def validate(cfg: Config) -> None:
     for key in ("momentum", "weight_decay", "clip_norm", "msa_rho"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("warmup_epochs", "patience", "checkpoint_segments", "adjoint_steps",
-                "augment_shift"):
+                "augment_rotate", "augment_shift", "augment_scale"):
         positive(f"train.{key}", getattr(t, key), allow_zero=True)
     for key in ("lbfgs_iterations", "history_size", "checkpoint_every", "eval_batch_size",
                 "msa_inner_steps", "levels"):
@@ -301,6 +306,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
                               f"level, coarse to fine), got {t.level_epochs!r}")
     positive("train.lbfgs_lr", t.lbfgs_lr)
+    if t.augment_scale >= 1:
+        raise ConfigError(f"train.augment_scale: must be < 1 (scale factors 1 ± it), "
+                          f"got {t.augment_scale}")
     if t.gradient == "continuous" and m.eps > 0:
         raise ConfigError("train.gradient = 'continuous' is unavailable with model.eps > 0 "
                           "(backward heat equation); use 'discrete'")

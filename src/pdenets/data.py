@@ -264,3 +264,77 @@ def preprocess(x: np.ndarray, pre: dict) -> np.ndarray:
                                f"{mu.shape}")
         return (x - mu) / sd
     return x
+
+
+# ------------------------------------------------------------------------------------------
+# image augmentation: random small deformations of the width domain
+
+
+def affine_images(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor,
+                  shift: torch.Tensor) -> torch.Tensor:
+    """Images deformed by the affine maps φ_k(r) = s_k R(θ_k) r + δ_k of the pixel plane.
+
+    The output is ``x_k ∘ φ_k⁻¹``: rotation by ``angle`` (radians) and scaling by ``scale``
+    about the image centre, then translation by ``shift = (rows, cols)`` pixels; values
+    between pixel centres are bilinear, and the image is zero outside its pixel grid (the
+    convention of ``scipy.ndimage.affine_transform(order=1, mode="grid-constant")``).
+    On the width domain this is u(x, 0) = (Eξ)(φ⁻¹(x)) — the lifted field moved by a map
+    close to the identity.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Images ``(B, p, q)``.
+    angle, scale : torch.Tensor
+        ``(B,)``; ``scale > 0``.
+    shift : torch.Tensor
+        ``(B, 2)`` in pixels.
+    """
+    if x.dim() != 3:
+        raise PdenetsError(f"affine_images needs images (B, p, q), got shape {tuple(x.shape)}")
+    B, p, q = x.shape
+    dt, dev = x.dtype, x.device
+    angle, scale, shift = (torch.as_tensor(a, dtype=dt, device=dev) for a in (angle, scale, shift))
+    if angle.shape != (B,) or scale.shape != (B,) or shift.shape != (B, 2):
+        raise PdenetsError("affine_images: angle, scale must have shape (B,), shift (B, 2)")
+    cr, cc = (p - 1) / 2, (q - 1) / 2
+    R, C = torch.meshgrid(torch.arange(p, dtype=dt, device=dev) - cr,
+                          torch.arange(q, dtype=dt, device=dev) - cc, indexing="ij")
+    dr = R[None] - shift[:, 0, None, None]
+    dc = C[None] - shift[:, 1, None, None]
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    s = scale[:, None, None]
+    src_r = (cos * dr + sin * dc) / s + cr          # φ⁻¹ = R(−θ)(· − δ)/s
+    src_c = (-sin * dr + cos * dc) / s + cc
+    r0, c0 = torch.floor(src_r), torch.floor(src_c)
+    fr, fc = src_r - r0, src_c - c0
+    xp = torch.nn.functional.pad(x, (1, 1, 1, 1))     # zero ring: index 0 and p+1 / q+1
+    r0, c0 = r0.long() + 1, c0.long() + 1
+    b = torch.arange(B, device=dev)[:, None, None]
+
+    def at(ri, ci):
+        return xp[b, ri.clamp(0, p + 1), ci.clamp(0, q + 1)]
+
+    return ((1 - fr) * (1 - fc) * at(r0, c0) + (1 - fr) * fc * at(r0, c0 + 1)
+            + fr * (1 - fc) * at(r0 + 1, c0) + fr * fc * at(r0 + 1, c0 + 1))
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator, *, rotate: float = 0.0,
+                  shift: float = 0.0, scale: float = 0.0) -> torch.Tensor:
+    """:func:`affine_images` with independent uniform draws per image: angle in ±``rotate``
+    degrees, translation in ±``shift`` pixels per axis, scale factor in 1 ± ``scale``.
+
+    The draws come from ``generator`` (CPU), in a fixed order, so that a resumed training run
+    sees the same deformations. All zero returns ``x`` itself.
+    """
+    if rotate == shift == scale == 0:
+        return x
+    B = x.shape[0]
+
+    def u():
+        return 2 * torch.rand(B, generator=generator, dtype=torch.float64) - 1
+
+    angle = u() * (rotate * math.pi / 180)
+    sc = 1 + u() * scale
+    sh = torch.stack([u() * shift, u() * shift], 1)
+    return affine_images(x, angle.to(x.device), sc.to(x.device), sh.to(x.device))

@@ -31,7 +31,7 @@ from safetensors.torch import save as st_save
 
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint
 from .config import Config, load_config
-from .data import Dataset, load_dataset_config
+from .data import Dataset, load_dataset_config, random_affine
 from .errors import ConfigError, ModelFileError, PdenetsError
 from .integrators import make_solver
 from .modelfile import atomic_write_bytes, save_model
@@ -233,6 +233,7 @@ class Trainer:
         self.best: dict = {"epoch": -1, "val_accuracy": -math.inf, "val_loss": math.inf}
         self.best_state = self._snapshot()
         self.stale = 0
+        self.kept_epoch = 0
         self.data = {s: ds.tensors(s, self.dtype, self.device) for s in ("train", "val", "test")}
         self.method_step: Callable[[], float] | None = None
 
@@ -283,18 +284,15 @@ class Trainer:
 
     # -- one epoch per method ---------------------------------------------------------------
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Random translations of images by up to ``train.augment_shift`` pixels (zero fill),
-        drawn from the trainer's generator (so resumed runs see the same shifts)."""
-        s = self.cfg.train.augment_shift
-        if s == 0 or x.dim() != 3:
+        """Image minibatches: random small affine deformations (``train.augment_rotate``
+        degrees, ``augment_shift`` pixels, ``augment_scale``; see
+        :func:`~pdenets.data.random_affine`) drawn from the trainer's generator, so resumed
+        runs see the same ones. Feature vectors are returned unchanged."""
+        t = self.cfg.train
+        if x.dim() != 3:
             return x
-        B, p, q = x.shape
-        pad = torch.nn.functional.pad(x, (s, s, s, s))
-        off = torch.randint(0, 2 * s + 1, (B, 2), generator=self.generator)
-        rows = (torch.arange(p)[None, :] + off[:, :1]).to(x.device)  # (B, p)
-        cols = (torch.arange(q)[None, :] + off[:, 1:]).to(x.device)  # (B, q)
-        bidx = torch.arange(B, device=x.device)[:, None, None]
-        return pad[bidx, rows[:, :, None], cols[:, None, :]]
+        return random_affine(x, self.generator, rotate=t.augment_rotate,
+                             shift=t.augment_shift, scale=t.augment_scale)
 
     def minibatches(self):
         """Indices of the training minibatches of one epoch, shuffled with the trainer's
@@ -394,12 +392,16 @@ class Trainer:
         self.history = info["history"]
 
     # -- main loop --------------------------------------------------------------------------
-    def fit(self, max_epochs: int | None = None, restore_best: bool = True) -> TrainResult:
-        """Train until ``train.epochs`` or early stopping; restore the best controls.
+    def fit(self, max_epochs: int | None = None,
+            restore_best: bool | None = None) -> TrainResult:
+        """Train until ``train.epochs`` or early stopping; keep the best or the last controls.
 
         ``max_epochs`` stops after that many more epochs (as an interruption would: the
         schedule still refers to ``train.epochs``), leaving a resumable checkpoint.
-        ``restore_best=False`` keeps the last iterate instead of the best-validation one."""
+        ``restore_best`` (default: ``train.keep == "best"``) restores the controls of the epoch
+        with the lowest validation loss; otherwise the last iterate is kept."""
+        if restore_best is None:
+            restore_best = self.cfg.train.keep == "best"
         cfg = self.cfg
         t = cfg.train
         stop_at = t.epochs if max_epochs is None else min(t.epochs, self.epoch + max_epochs)
@@ -468,8 +470,10 @@ class Trainer:
                 bar.close()
             if log is not None:
                 log.close()
+        self.kept_epoch = self.epoch
         if restore_best and len(self.data["val"][0]):
             self.net.load_state_dict(self.best_state)
+            self.kept_epoch = self.best["epoch"]
         return self._result(stopped)
 
     def _improved(self, val: dict) -> bool:
@@ -486,7 +490,8 @@ class Trainer:
         metrics = {
             "dataset": self.ds.name, "method": self.cfg.train.method,
             "gradient": self.cfg.train.gradient, "epochs_run": self.epoch,
-            "best_epoch": self.best["epoch"], "stopped_early": stopped,
+            "best_epoch": self.best["epoch"],
+            "kept_epoch": self.kept_epoch, "stopped_early": stopped,
             "train_loss": ev["train"]["loss"], "train_accuracy": ev["train"]["accuracy"],
             "val_loss": ev["val"]["loss"], "val_accuracy": ev["val"]["accuracy"],
             "test_loss": ev["test"]["loss"], "test_accuracy": ev["test"]["accuracy"],

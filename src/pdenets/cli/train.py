@@ -38,7 +38,7 @@ def run(args) -> int:
     acc = m["test_accuracy"]
     line = (f"{m['dataset']}: test accuracy {100 * acc:.2f}%, " if acc == acc else
             f"{m['dataset']}: ") + (
-        f"test loss {m['test_loss']:.4f}, best epoch {m['best_epoch']}/{m['epochs_run']}, "
+        f"test loss {m['test_loss']:.4f}, model of epoch {m['kept_epoch']}/{m['epochs_run']}, "
         f"{m['wall_seconds']:.1f} s; results in {out}/")
     emit(args, m, line)
     return 0
