@@ -3,8 +3,9 @@
 :class:`Trainer` minimizes the objective J of §4 with a gradient strategy of §5
 (``train.gradient = "discrete" | "continuous"``) and an optimizer (``train.method``): Adam or
 SGD on minibatches with a learning-rate schedule, or full-batch L-BFGS with a strong-Wolfe line
-search. It evaluates on the validation split every epoch, keeps the best controls (by
-validation loss), stops early after ``patience`` epochs without improvement,
+search. It evaluates on the validation split every epoch, keeps the last iterate or the best
+controls by validation loss (``train.keep``), stops early after ``patience`` epochs without
+improvement, deforms image minibatches by random small affine maps (``train.augment_*``),
 logs JSON lines, shows a progress bar and writes resumable checkpoints: resuming from a
 checkpoint reproduces the uninterrupted run exactly (same seed), because the optimizer state,
 the data-shuffling generator and the history are all restored.
