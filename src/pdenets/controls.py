@@ -17,8 +17,9 @@ Two representations are provided:
     (``time_basis="linear"``).
 
     The piecewise-constant space basis is the continuum network whose discretization is exact
-    in width: if the lifted input is constant on the same cells (an image on its pixel grid),
-    then u(·, t) stays constant on them (the right-hand side of §1 is), so every midpoint rule
+    in width: if the lifted input is constant on the same cells (an image on its pixel grid)
+    and ε = 0, then u(·, t) stays constant on them (the right-hand side of §1 is, for every
+    dynamics variant), so every midpoint rule
     with a multiple of the cells per axis gives the same outputs up to rounding, and the cells
     are the network's neurons. Non-aligned widths converge at first order (the integrand jumps
     inside quadrature cells). Such controls satisfy the hypotheses of §3 (w bounded), not the
