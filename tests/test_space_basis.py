@@ -15,6 +15,7 @@ from conftest import observed_orders
 from pdenets.config import load_config
 from pdenets.errors import ConfigError, ModelFileError, PdenetsError
 from pdenets.objective import control_norms
+from test_gradients import directional_fd
 
 
 def const_net(seed=0, learn_lift=False, T=1.0):
@@ -96,20 +97,9 @@ def test_constant_basis_gradient_matches_finite_differences(solver):
     J = lambda: obj(net, x, y, disc)  # noqa: E731
     net.zero_grad()
     J().backward()
-    params = list(net.parameters())
-    g = torch.cat([p.grad.reshape(-1) for p in params])
+    g = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
     d = torch.randn(g.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    base = [p.detach().clone() for p in params]
-
-    def at(s):
-        with torch.no_grad():
-            off = 0
-            for p, p0 in zip(params, base):
-                p.copy_(p0 + s * d[off:off + p.numel()].reshape(p.shape))
-                off += p.numel()
-            return float(J())
-
-    fd = (at(1e-5) - at(-1e-5)) / 2e-5
+    fd = directional_fd(net, J, d)
     assert abs(float(g @ d) - fd) <= 1e-6 * abs(fd)
 
 
