@@ -107,6 +107,20 @@ def test_user_data_files_validated(tmp_path):
         load_dataset(str(tmp_path / "missing.npz"))
 
 
+def full_and_resumed(cfg, ds, tmp_path, after):
+    """An uninterrupted run, and one interrupted after ``after`` epochs and resumed from its
+    checkpoint by a fresh trainer."""
+    full = Trainer(cfg, ds)
+    full.fit()
+    part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
+    part.fit(max_epochs=after)
+    resumed = Trainer(cfg, ds)
+    resumed.load_checkpoint(tmp_path / "ck.safetensors")
+    assert resumed.epoch == after
+    resumed.fit()
+    return full, resumed
+
+
 @pytest.mark.parametrize("method,extra", [("adam", []), ("sgd", ["train.lr=0.1"]),
                                           ("lbfgs", ["train.lbfgs_iterations=3"]),
                                           ("adam", ["train.gradient=continuous"])])
@@ -114,15 +128,8 @@ def test_resume_equals_uninterrupted(tmp_path, method, extra):
     sets = SMALL + [f"train.method={method}", *extra]
     cfg = load_config(None, sets)
     ds = load_dataset("iris")
-    full = Trainer(cfg, ds)
-    full.fit()
-    # interrupted after 2 epochs, resumed from the checkpoint by a fresh trainer
-    part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
-    part.fit(max_epochs=2)
-    resumed = Trainer(cfg, ds)
-    resumed.load_checkpoint(tmp_path / "ck.safetensors")
-    assert resumed.epoch == 2
-    resumed.fit()
+    full, resumed = full_and_resumed(cfg, ds, tmp_path, after=2)
+    assert resumed.epoch == cfg.train.epochs
     for (k, a), (_, b) in zip(full.net.state_dict().items(), resumed.net.state_dict().items()):
         assert torch.equal(a, b), k
     assert [r["train_objective"] for r in full.history] == \
@@ -272,13 +279,7 @@ def test_image_augmentation_resumes_exactly(tmp_path):
     moved = t.augment(xb)
     assert moved.shape == xb.shape and not torch.allclose(moved, xb)
     assert torch.equal(t.augment(torch.as_tensor(x[:8, 0])), torch.as_tensor(x[:8, 0]))
-    full = Trainer(cfg, ds)
-    full.fit()
-    part = Trainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
-    part.fit(max_epochs=1)
-    resumed = Trainer(cfg, ds)
-    resumed.load_checkpoint(tmp_path / "ck.safetensors")
-    resumed.fit()
+    full, resumed = full_and_resumed(cfg, ds, tmp_path, after=1)
     assert torch.equal(full.net.controls.w, resumed.net.controls.w)
 
 
