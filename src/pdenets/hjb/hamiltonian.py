@@ -14,9 +14,9 @@ the cost, so the row problem is B-dimensional:
 with q = p (``Selection``: q = p · u) and ψ = σ (``Standard``/``Selection``) or identity
 (``Field``). Then w*_ij = Σ_k c_ki φ_kj and b*_i = Σ_k c_ki.
 
-* **Closed form** when ψ is affine (``Activation.affine``, or ``Field`` dynamics:
-  control-affine right-hand sides): c = −q / (α ω_i), H = ⟨p, f0⟩ − Σ_i qᵀ G q / (2 α ω_i)
-  (:meth:`pdenets.hjb.ReducedProblem.minimize`).
+* **Closed form** when ψ is affine, ψ(z) = a z + ψ(0) (``Activation.affine``, or ``Field``
+  dynamics where ψ = identity: control-affine right-hand sides): c = −a q / (α ω_i),
+  H = ⟨p, f0⟩ − a² Σ_i qᵀ G q / (2 α ω_i) (:meth:`pdenets.hjb.ReducedProblem.minimize`).
 * **Otherwise** (tanh, sigmoid, …; :func:`minimize_rows`) a discrete control set followed by
   Newton polishing: every stationary point satisfies c = −q σ'(z)/(α ω_i), so a global
   minimizer lies in the box |c_k| ≤ L_σ |q_k| / (α ω_i), and on its one-signed half

@@ -133,6 +133,9 @@ class ReducedProblem:
         act = dynamics.activation
         #: control-affine right-hand side: closed-form Hamiltonian minimizer
         self.affine = isinstance(dynamics, Field) or act.affine
+        #: slope a of an affine ψ (ψ = identity for Field dynamics): minimizer c = −a q / (α ω)
+        self.psi_slope = 1.0 if isinstance(dynamics, Field) or not act.affine else float(
+            act.derivative(torch.zeros((), dtype=_DTYPE)))
         self.selection = isinstance(dynamics, Selection)
         #: sup|ψ| (ψ = σ outside Field dynamics) when finite: exact speed bounds
         self.sup_psi = None if isinstance(dynamics, Field) or not act.bounded else act.sup_abs
@@ -212,7 +215,7 @@ class ReducedProblem:
         q = Pm * U if self.selection else Pm
         kap = self.kappa
         if self.affine:
-            c = -q / kap
+            c = -q / kap if self.psi_slope == 1.0 else -(self.psi_slope * q) / kap
         else:
             c = minimize_rows(q, z0, G, kap, self.dynamics.activation, inner_points,
                               newton_iters)
