@@ -1,0 +1,71 @@
+"""Hamilton–Jacobi–Bellman equation, value function and optimal feedback (MODEL.md §8).
+
+For a *reduced* problem — N width nodes with quadrature weights ω_i and B input samples sharing
+the controls, state v ∈ R^D, D = B · N — the value function V(t, v) solves
+
+    ∂_t V + H(v, ∇_v V) = 0,   V(T, v) = Φ(v),   H(v, p) = inf_θ [ ⟨p, f(v, θ)⟩ + L(θ) ].
+
+The package is organised by concept:
+
+=====================  ==========================================================================
+module                 contents
+=====================  ==========================================================================
+``problem``            :class:`ReducedProblem` (dynamics, costs, ω-weighted norms, H and θ*)
+``hamiltonian``        the infimum over θ: closed form, or discrete control set + Newton
+``grid``               :class:`StateGrid` (box grid, multilinear interpolation, differences)
+``schemes``            :class:`Scheme` interface, :class:`LaxFriedrichs`, :class:`SemiLagrangian`,
+                       the name registry (:func:`register_scheme`, :func:`get_scheme`)
+``solve``              :class:`HJBOptions`, :func:`estimate_memory`, :func:`solve_hjb`
+``solution``           :class:`HJBSolution` (value, gradient, optimal feedback)
+``closed_loop``        :func:`closed_loop` — the forward problem under the feedback
+``direct``             :func:`direct_method` — an independent reference for V(0, v0)
+``closed_form``        the closed-form case of §8 (w ≡ 0, σ = identity, bias control)
+=====================  ==========================================================================
+
+Activation facts used here (σ'', sup|σ|, monotonicity, affinity) live on
+:class:`pdenets.activations.Activation`.
+
+References
+----------
+M. G. Crandall, P.-L. Lions, Viscosity solutions of Hamilton–Jacobi equations, Trans. AMS 277
+(1983); Two approximations of solutions of Hamilton–Jacobi equations, Math. Comp. 43 (1984).
+S. Osher, C.-W. Shu, High-order ENO schemes for Hamilton–Jacobi equations, SIAM J. Numer. Anal.
+28 (1991). G. Barles, P. E. Souganidis, Convergence of approximation schemes for fully nonlinear
+second order equations, Asymptotic Anal. 4 (1991). M. Falcone, R. Ferretti, Semi-Lagrangian
+Approximation Schemes for Linear and Hamilton–Jacobi Equations, SIAM (2014). M. Bardi,
+I. Capuzzo-Dolcetta, Optimal Control and Viscosity Solutions of HJB Equations, Birkhäuser (1997).
+"""
+
+from __future__ import annotations
+
+from .closed_form import closed_form_feedback, closed_form_value
+from .closed_loop import ClosedLoop, closed_loop
+from .direct import DirectResult, direct_method
+from .grid import StateGrid
+from .problem import CONTROL_SETS as CONTROL_SETS
+from .problem import TERMINALS as TERMINALS
+from .problem import ReducedProblem
+from .problem import RowSolution as RowSolution
+from .schemes import (
+    SCHEMES,
+    LaxFriedrichs,
+    MarchContext,
+    Scheme,
+    SemiLagrangian,
+    StepPlan,
+    get_scheme,
+    register_scheme,
+    scheme_names,
+)
+from .solution import HJBSolution
+from .solve import HJBOptions, estimate_memory, solve_hjb
+from .solve import _default_memory_limit as _default_memory_limit  # used by benchmarks
+
+__all__ = [
+    "SCHEMES", "ClosedLoop", "DirectResult", "HJBOptions", "HJBSolution", "ReducedProblem",
+    "StateGrid", "closed_form_feedback", "closed_form_value", "closed_loop", "direct_method",
+    "estimate_memory", "solve_hjb",
+    # scheme interface
+    "LaxFriedrichs", "MarchContext", "Scheme", "SemiLagrangian", "StepPlan", "get_scheme",
+    "register_scheme", "scheme_names",
+]
