@@ -28,7 +28,6 @@ from .hessian import (
     LanczosResult,
     ReducedObjective,
     certify,
-    hessian_rounding_error,
     lanczos,
     select_parameters,
 )
@@ -63,7 +62,7 @@ __all__ = [
     "LipschitzEstimate", "NormIntegral", "ReducedObjective", "SensitivityReport",
     "StabilityReport", "SteadyStateReport", "analyze_steady_state", "certify",
     "control_sensitivity", "controllability_study", "find_steady_state", "fit", "flow_map",
-    "frozen_operator", "gronwall_factor", "hessian_rounding_error", "input_sensitivity",
+    "frozen_operator", "gronwall_factor", "input_sensitivity",
     "integrated_operator_norm", "lanczos", "linearization", "lipschitz_estimate",
     "misfit_vs_alpha", "misfit_vs_horizon", "misfit_vs_samples", "operator_norm",
     "operator_norm_integral", "select_parameters", "simulate_near", "stability_report",

@@ -182,13 +182,20 @@ class ReducedObjective:
 
 @dataclass
 class LanczosResult:
-    """Ritz values (ascending), Ritz vectors (columns) and residual norms ‖H y − θ y‖."""
+    """Ritz values (ascending), Ritz vectors (columns) and residual norms ‖H y − θ y‖.
+
+    ``asymmetry`` is ‖(B − Bᵀ)/2‖₂ for B = Qᵀ(HQ) assembled from the products actually
+    computed: zero for an exactly symmetric operator, so for a Hessian it measures the rounding
+    error of the products on the Krylov space (the symmetric part of that error, invisible,
+    is of the same size).
+    """
 
     values: torch.Tensor
     vectors: torch.Tensor
     residuals: torch.Tensor
     steps: int
     invariant: bool  # the Krylov space became invariant (Ritz values exact)
+    asymmetry: float = 0.0
 
 
 def lanczos(
@@ -227,12 +234,14 @@ def lanczos(
          else torch.as_tensor(start, dtype=torch.float64).reshape(-1).cpu())
     q = (q / torch.linalg.vector_norm(q)).to(dtype=dtype, device=device)
     Q = [q]
+    HQ: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
     invariant = False
     scale = 0.0
     for j in range(k):
         w = matvec(Q[j])
+        HQ.append(w)
         a = float(torch.dot(w, Q[j]))
         alphas.append(a)
         B = torch.stack(Q, 1)
@@ -262,7 +271,9 @@ def lanczos(
     if invariant or m == n:
         last = 0.0
     res = torch.abs(last * S[-1, :])
-    return LanczosResult(vals.to(dtype), vecs, res.to(dtype), m, invariant or m == n)
+    Bq = Qm.T @ torch.stack(HQ[:m], 1)
+    asym = float(torch.linalg.matrix_norm(0.5 * (Bq - Bq.T), ord=2))
+    return LanczosResult(vals.to(dtype), vecs, res.to(dtype), m, invariant or m == n, asym)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,27 +340,6 @@ def line_profile(red: ReducedObjective, v: torch.Tensor, steps: Sequence[float])
     return out
 
 
-def hessian_rounding_error(red: ReducedObjective, *, seed: int = 0) -> float:
-    """Estimated size of the rounding error in computed Hessian-vector products.
-
-    The exact Hessian is symmetric, so for unit vectors u, v the defect
-    |uᵀ(Hv) − vᵀ(Hu)| of the *computed* products is rounding error alone; with the
-    backward-stable floor n·u·‖Hv‖ (u the unit roundoff) it estimates ‖δH‖ of the
-    computed operator. Both scale like J: a verdict based on them is invariant to
-    multiplying J by a constant. Costs two products.
-    """
-    gen = torch.Generator().manual_seed(seed + 7919)
-    x = torch.randn(red.n, generator=gen, dtype=torch.float64)
-    y = torch.randn(red.n, generator=gen, dtype=torch.float64)
-    x = (x / torch.linalg.vector_norm(x)).to(dtype=red.dtype, device=red.device)
-    y = (y / torch.linalg.vector_norm(y)).to(dtype=red.dtype, device=red.device)
-    hx, hy = red.hvp(x), red.hvp(y)
-    defect = abs(float(torch.dot(y, hx)) - float(torch.dot(x, hy)))
-    eps = torch.finfo(red.dtype).eps
-    size = max(float(torch.linalg.vector_norm(hx)), float(torch.linalg.vector_norm(hy)))
-    return max(defect, red.n * eps * size)
-
-
 def certify(
     red: ReducedObjective, *, k: int = 30, tol: float | None = None, rtol: float = 1e-6,
     grad_tol: float = 1e-6, seed: int = 0, max_halvings: int = 40,
@@ -362,7 +352,9 @@ def certify(
 
     * eigenvalues count as zero when |λ| ≤ tol with
       tol = max(rtol · ‖H‖, 10 · δH), ‖H‖ = max |Ritz value|, δH the estimated rounding error
-      of the computed Hessian (:func:`hessian_rounding_error`);
+      of the computed Hessian: the larger of the asymmetry of Qᵀ(HQ) on the Krylov space
+      (:class:`LanczosResult`; an exact Hessian is symmetric) and the backward-stable floor
+      n · u · ‖H‖ (u the unit roundoff of the parameters' dtype). Reported as ``rounding``;
     * θ counts as critical when ‖∇J‖ ≤ grad_tol · ‖H‖ · max(1, ‖θ‖), i.e. the step
       ‖∇J‖ / ‖H‖ that the stiffest curvature allows is at most grad_tol relative to
       max(1, ‖θ‖) (a quantity in the units of θ, free of the units of J);
@@ -402,7 +394,7 @@ def certify(
     vals = lz.values
     lmin, lmax = float(vals[0]), float(vals[-1])
     hnorm = max(abs(lmin), abs(lmax))
-    rounding = hessian_rounding_error(red, seed=seed)
+    rounding = max(lz.asymmetry, red.n * torch.finfo(red.dtype).eps * hnorm)
     if tol is None:
         tol = max(rtol * hnorm, 10.0 * rounding)
     theta_norm = float(torch.linalg.vector_norm(red.vector()))

@@ -8,7 +8,10 @@ satisfy
 with ‖w(t)‖ the operator norm of the integral operator on L²(Ω) (the Neumann diffusion term is
 dissipative and does not enlarge the bound). On a width grid the same holds for the
 semi-discrete problem in the weighted norm ‖v‖_ω² = Σ ω_i v_i² with the discrete operator norm
-of ``A(t)``, which is what :func:`gronwall_factor` computes.
+of ``A(t)``, which is what :func:`gronwall_factor` computes. The depth integral is a certified
+upper bound for knot-based and depth-independent controls and a conservative estimate
+(adaptive quadrature plus its error estimate) for depth-dependent callables
+(:func:`operator_norm_integral` says which).
 """
 
 from __future__ import annotations
@@ -121,11 +124,11 @@ def _adaptive_integral(rule, edges: list[float], rtol: float, max_panels: int):
         if err <= rtol * total_abs or len(panels) >= max_panels:
             break
         i = max(range(len(panels)), key=lambda j: panels[j][0])
-        _, a, b, _, _ = panels.pop(i)
+        a, b = panels[i][1], panels[i][2]
         m = 0.5 * (a + b)
-        if not a < m < b:  # panel at the resolution of floating point: give up refining it
-            panels.append([0.0, a, b, 0.0, 0.0])
+        if not a < m < b:  # panel at the resolution of floating point: stop (not converged)
             break
+        panels.pop(i)
         for lo, hi in ((a, m), (m, b)):
             q, e, qa = rule(lo, hi)
             panels.append([max(e, 50 * eps * qa), lo, hi, q, qa])
