@@ -17,6 +17,7 @@ from pdenets import (
     CellAverageReadout,
     ContinuumNetwork,
     Discretization,
+    FunctionControls,
     GaussLegendre,
     GridControls,
     LinearReadout,
@@ -34,9 +35,12 @@ from pdenets.analysis import (
     controllability_study,
     find_steady_state,
     fit,
+    gronwall_factor,
     input_sensitivity,
     lanczos,
     lipschitz_estimate,
+    operator_norm_integral,
+    stability_report,
     terminal_misfit,
 )
 from pdenets.objective import Objective
@@ -148,6 +152,159 @@ def test_selection_has_no_gronwall_bound_but_is_measured():
     assert rep.bounds is None and rep.holds is None and all(r > 0 for r in rep.responses)
 
 
+def test_gronwall_factor_bounds_a_convex_depth_integrand():
+    """σ = identity, w ≡ 4t³: A(t) = 4t³ 1ωᵀ is ω-self-adjoint with norm 4t³, the flow is
+    exp(∫A) and its Lipschitz constant is exactly e (Σω = 1). A midpoint rule underestimates
+    ∫4t³ (convex integrand); the factor must be an upper bound, and a close one."""
+    ctrl = FunctionControls(lambda x, y, t: 4 * t**3 + 0 * x[..., 0],
+                            lambda x, t: 0 * x[..., 0], 1, 1.0)
+    dyn = make_dynamics("standard", "identity")
+    grid = Midpoint(8).grid()
+    integral = operator_norm_integral(ctrl, grid)
+    assert not integral.certified and integral.converged  # a callable: an estimate
+    assert 1.0 <= integral.value <= 1.0 + 1e-12
+    G = gronwall_factor(ctrl, dyn, grid)
+    assert math.e <= G <= math.e * (1 + 1e-12)
+    u0 = torch.randn(2, 8, generator=_gen(4), dtype=DT)
+    est = lipschitz_estimate(ctrl, dyn, u0, Discretization(Midpoint(8), RK4(), 64))
+    assert est.converged
+    assert est.value <= G and est.value == pytest.approx(math.e, rel=1e-7)
+
+
+def _cos_basis(x: np.ndarray, j: int) -> np.ndarray:
+    return np.cos(j * np.pi * x)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gronwall_factor_is_a_tight_bound_for_random_rank_one_function_controls(seed):
+    """σ = identity, w(x,y,t) = a(t) φ(x) φ(y) with a ≥ 0: the A(t) = a(t) φ φᵀ W commute and
+    are ω-self-adjoint, so the exact Lipschitz constant of the semi-discrete flow is
+    exp(‖φ‖²_ω ∫a), with ∫a in closed form; the factor must bound it and be close to it."""
+    rng = np.random.default_rng(seed)
+    ck = rng.standard_normal(4)
+    c0 = 1.2 * np.abs(ck).sum()  # a(t) = c0 + Σ c_k sin(kπt/T + k) > 0
+    fk = rng.uniform(0.5, 1.0, 3)
+    T = float(rng.uniform(0.5, 2.0))
+
+    def a(t):
+        return c0 + sum(c * math.sin((k + 1) * math.pi * t / T + k) for k, c in enumerate(ck))
+
+    def phi(x):
+        return sum(f * torch.cos(j * math.pi * x[..., 0]) for j, f in enumerate(fk))
+
+    ctrl = FunctionControls(lambda x, y, t: a(t) * phi(x) * phi(y),
+                            lambda x, t: 0 * x[..., 0], 1, T)
+    grid = GaussLegendre(10).grid()
+    x, w = grid.nodes[:, 0].numpy(), grid.weights.numpy()
+    phi_n = sum(f * _cos_basis(x, j) for j, f in enumerate(fk))
+    int_a = c0 * T + sum(c * T / ((k + 1) * math.pi)
+                         * (math.cos(k) - math.cos((k + 1) * math.pi + k))
+                         for k, c in enumerate(ck))
+    exact = math.exp(float(phi_n**2 @ w) * int_a)
+    dyn = make_dynamics("standard", "identity")
+    G = gronwall_factor(ctrl, dyn, grid)
+    assert exact <= G <= exact * (1 + 1e-9)  # quadrature tolerance 1e-10 in the exponent
+    u0 = torch.randn(3, 10, generator=_gen(seed), dtype=DT)
+    est = lipschitz_estimate(ctrl, dyn, u0, Discretization(GaussLegendre(10), RK4(), 128))
+    assert est.value <= G * (1 + 1e-7)  # RK4 error ~1e-9 here
+    assert est.value == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed,dyn", [(0, "standard"), (1, "field"), (2, "standard")])
+def test_gronwall_factor_bounds_random_function_controls(seed, dyn):
+    """Random smooth depth-dependent kernels (sign-changing, tanh): the factor bounds the
+    RK4-observed amplification, and ∫‖A(t)‖_ω dt agrees with an independent QUADPACK
+    integral of independently assembled matrices (and is not below it)."""
+    from scipy.integrate import quad
+
+    rng = np.random.default_rng(10 + seed)
+    C = rng.standard_normal((3, 3, 3))  # c_jl(t) = Σ_m C[j, l, m] cos(m t · 2), j, l ≤ 2
+    T = 1.5
+
+    def coef(t):
+        return np.einsum("jlm,m->jl", C, np.cos(2.0 * np.arange(3) * t + np.arange(3)))
+
+    def w_fn(x, y, t):
+        c = torch.as_tensor(coef(t))
+        bx = torch.stack([torch.cos(j * math.pi * x[..., 0]) for j in range(3)], -1)
+        by = torch.stack([torch.cos(j * math.pi * y[..., 0]) for j in range(3)], -1)
+        return torch.einsum("...j,jl,...l->...", bx, c, by)
+
+    ctrl = FunctionControls(w_fn, lambda x, t: 0.2 * torch.sin(3 * x[..., 0] + t), 1, T)
+    grid = Midpoint(12).grid()
+    x, w = grid.nodes[:, 0].numpy(), grid.weights.numpy()
+    B = np.stack([_cos_basis(x, j) for j in range(3)], 1)
+
+    def norm(t):
+        return _weighted_op_norm(B @ coef(t) @ B.T * w[None, :], w)
+
+    ref, ref_err = quad(norm, 0.0, T, epsabs=1e-13, epsrel=1e-13, limit=500)
+    integral = operator_norm_integral(ctrl, grid)
+    assert not integral.certified and integral.converged
+    assert ref - ref_err <= integral.value <= ref * (1 + 1e-8)
+    dynamics = make_dynamics(dyn, "tanh")
+    G = gronwall_factor(ctrl, dynamics, grid)
+    assert G == pytest.approx(math.exp(integral.value), rel=1e-14)
+    u0 = torch.randn(2, 12, generator=_gen(seed), dtype=DT)
+    disc = Discretization(Midpoint(12), RK4(), 32)
+    est = lipschitz_estimate(ctrl, dynamics, u0, disc, iters=30, rtol=1e-6)  # a lower bound
+    assert 0 < est.value <= G
+    rep = input_sensitivity(ctrl, dynamics, u0, disc, scales=(1e-3, 1.0))
+    assert rep.holds and rep.gronwall == G
+
+
+def test_gronwall_integral_of_knot_controls_is_certified():
+    """Piecewise-linear knots in depth: the trapezoid sum of the knot norms, an upper bound of
+    the integral of the (convex) interpolated norm; depth-independent callables: exact."""
+    from scipy.integrate import quad
+
+    g = _gen(8)
+    M, size = 3, 4
+    ctrl = GridControls(1, size, M, 2.0, "linear",
+                        w=torch.randn(M + 1, size, size, generator=g, dtype=DT),
+                        b=torch.zeros(M + 1, size, dtype=DT))
+    grid = GaussLegendre(9).grid()
+    x, w = grid.nodes[:, 0].numpy(), grid.weights.numpy()
+    P = _hat(x, size)
+    A = [P @ ctrl.w.detach().numpy()[k] @ P.T * w[None, :] for k in range(M + 1)]
+    norms = [_weighted_op_norm(Ak, w) for Ak in A]
+    delta = 2.0 / M
+    trapezoid = delta * (sum(norms) - 0.5 * (norms[0] + norms[-1]))
+    true = sum(quad(lambda s, k=k: _weighted_op_norm((1 - s) * A[k] + s * A[k + 1], w),
+                    0.0, 1.0, epsabs=1e-13, limit=200)[0] * delta for k in range(M))
+    integral = operator_norm_integral(ctrl, grid)
+    assert integral.certified
+    assert integral.value == pytest.approx(trapezoid, rel=1e-12)
+    assert true <= integral.value
+    const = FunctionControls(lambda x, y, t: 0.7 * torch.cos(x[..., 0] - y[..., 0]),
+                             lambda x, t: 0 * x[..., 0], 1, 1.5, time_dependent=False)
+    K = 0.7 * np.cos(x[:, None] - x[None, :]) * w[None, :]
+    exact = operator_norm_integral(const, grid)
+    assert exact.certified and exact.value == pytest.approx(1.5 * _weighted_op_norm(K, w),
+                                                            rel=1e-12)
+
+
+def test_stability_report_says_whether_the_gronwall_factor_is_certified():
+    def net_with(ctrl):
+        return ContinuumNetwork(ctrl, make_dynamics("standard", "tanh"),
+                                PiecewiseConstantLifting(4), CellAverageReadout(2),
+                                Discretization(Midpoint(8), RK4(), 8))
+
+    xi = torch.randn(2, 4, generator=_gen(2), dtype=DT)
+    grid_ctrl = GridControls.constant(0.5, 0.1)
+    rep = stability_report(net_with(grid_ctrl), xi, iters=20)
+    assert rep.gronwall_certified is True and "exact" in rep.gronwall_method
+    assert rep.as_dict()["gronwall_certified"] is True
+    fn = FunctionControls(lambda x, y, t: math.cos(3 * t) + 0 * x[..., 0],
+                          lambda x, t: 0 * x[..., 0], 1, 1.0)
+    rep = stability_report(net_with(fn), xi, iters=20)
+    assert rep.gronwall_certified is False and "estimate" in rep.gronwall_method
+    # ∫|cos 3t| dt on [0, 1] = (2 − sin 3)/3, the operator norm of a constant kernel is |w|
+    exact = (2 - math.sin(3.0)) / 3
+    assert exact <= rep.integrated_operator_norm <= exact * (1 + 1e-9)
+    assert rep.gronwall == pytest.approx(math.exp(rep.integrated_operator_norm), rel=1e-14)
+
+
 # ---------------------------------------------------------------------------------------------
 # Hessian (MODEL.md §6)
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +336,7 @@ def _convex_case(alpha=0.05, n_cells=2, seed=0):
     U0 = xi.numpy()[:, (x * 4).astype(int)]
     c = U0 @ R.T - y.numpy()  # residual at b = 0
     grad0 = L.T @ c.mean(0)
-    b_star = -np.linalg.solve(H, grad0)
+    b_star = np.linalg.lstsq(H, -grad0, rcond=None)[0]  # α = 0: H singular, grad0 ∈ range H
     return net, xi, y, H, b_star
 
 
@@ -243,6 +400,94 @@ def test_constructed_saddle_is_detected_with_descent_direction(alpha):
         net.controls.b += s * torch.as_tensor(v[:2]).reshape(1, 2)
         net.readout.c += s * torch.as_tensor(v[2:]).reshape(1, 2)
     assert float(obj(net, xi, y).detach()) < J0 - 1e-6
+
+
+def _scaled(objective, c):
+    """c · J: the same problem in other units of J."""
+    return lambda net, x, y, disc=None: c * objective(net, x, y, disc)
+
+
+@pytest.mark.parametrize("c", [1e-4, 1.0, 1e4])
+def test_hessian_verdicts_are_invariant_to_scaling_J(c):
+    """Scaling J by c > 0 scales ∇J and ∇²J by c and changes no verdict: the convex case is
+    not critical at b = 0 and a strict minimizer at b*; without Tikhonov term (α = 0, more
+    knots than outputs) b* is degenerate (exact null space of LᵀL); the saddle stays a saddle."""
+    net, xi, y, H, b_star = _convex_case(0.05)
+    red = ReducedObjective(net, _scaled(Objective("mse", 0.05), c), xi, y, params="controls.b")
+    assert certify(red, k=20).verdict == "not a critical point"
+    red.set(torch.as_tensor(b_star))
+    rep = certify(red, k=20)
+    ev = np.linalg.eigvalsh(H)
+    assert rep.verdict == "strict local minimizer"
+    assert rep.lambda_min == pytest.approx(c * ev[0], rel=1e-9)
+    assert rep.tol == pytest.approx(c * 1e-6 * ev[-1], rel=1e-9)  # relative, no floor at 1
+    net, xi, y, H0, b0 = _convex_case(0.0)
+    ev0 = np.linalg.eigvalsh(H0)
+    assert ev0[0] < 1e-14 * ev0[-1]  # rank(LᵀL) ≤ 2 < 9: the exact Hessian is singular
+    red = ReducedObjective(net, _scaled(Objective("mse", 0.0), c), xi, y, params="controls.b")
+    red.set(torch.as_tensor(b0))
+    rep = certify(red, k=20)
+    assert rep.verdict == "degenerate" and rep.exact
+    assert rep.grad_norm <= rep.grad_tol and rep.rounding <= 1e-12 * c
+    net, xi, y, Hs = _saddle_case(alpha=0.3)
+    red = ReducedObjective(net, _scaled(Objective("mse", 0.3), c), xi, y,
+                           params=["controls.b", "readout.c"])
+    rep = certify(red, k=10)
+    assert rep.verdict == "saddle" and rep.descent.decreased
+    assert rep.lambda_min == pytest.approx(c * np.linalg.eigvalsh(Hs)[0], rel=1e-10)
+
+
+class _MatrixObjective:
+    """The interface of ReducedObjective for J(θ) = ½ θᵀMθ with a given (maybe inexact,
+    i.e. asymmetric) Hessian-vector product θ ↦ Mθ, at θ = 0."""
+
+    def __init__(self, M: torch.Tensor) -> None:
+        self.M, self.n, self.names = M, M.shape[0], ["theta"]
+        self.dtype, self.device = M.dtype, M.device
+
+    def gradient(self):
+        return 0.0, torch.zeros(self.n, dtype=self.dtype)
+
+    def hvp(self, v):
+        return self.M @ v
+
+    def vector(self):
+        return torch.zeros(self.n, dtype=self.dtype)
+
+
+def test_hessian_rounding_error_sets_the_eigenvalue_floor():
+    """An exactly symmetric H = diag(1e-4, 1, …, 1) is a strict minimizer (λ_min = 1e-4 ≫
+    1e-6 ‖H‖). The same products with an error E of size 1e-4 — antisymmetric, so visible:
+    an exact Hessian is symmetric, and a rounding error has a symmetric part of the same size
+    — cannot resolve λ_min = 1e-4: not certified. With Lanczos exhausting the space, the
+    measured asymmetry is ‖Qᵀ E Q‖ = ‖E‖ exactly (Q orthogonal)."""
+    n = 12
+    D = torch.diag(torch.tensor([1e-4] + [1.0] * (n - 1), dtype=DT))
+    rep = certify(_MatrixObjective(D), k=n)
+    assert rep.verdict == "strict local minimizer"
+    assert rep.rounding <= n * torch.finfo(DT).eps * (1 + 1e-12)  # the floor n·u·‖H‖ only
+    K = torch.randn(n, n, generator=_gen(3), dtype=DT)
+    E = 1e-4 * (K - K.T) / float(torch.linalg.matrix_norm(K - K.T, 2))
+    rep = certify(_MatrixObjective(D + E), k=n)
+    assert rep.rounding == pytest.approx(1e-4, rel=1e-8)
+    assert rep.verdict == "degenerate" and rep.tol == pytest.approx(1e-3, rel=1e-8)
+    # the same at any scale of J
+    rep = certify(_MatrixObjective(1e6 * (D + E)), k=n)
+    assert rep.verdict == "degenerate" and rep.tol == pytest.approx(1e3, rel=1e-8)
+
+
+def test_unconverged_lanczos_does_not_certify_a_minimizer():
+    """H = diag(1, 2, …, 60) with 3 Lanczos steps: the smallest Ritz value (≥ λ_min) has a
+    residual larger than itself, so positivity of λ_min is not established; with all steps it
+    is."""
+    M = torch.diag(torch.arange(1, 61, dtype=DT))
+    red = _MatrixObjective(M)
+    rep = certify(red, k=3)
+    assert not rep.exact and rep.residual_min > rep.lambda_min > 1.0
+    assert rep.verdict == "degenerate"
+    full = certify(red, k=60)
+    assert full.exact and full.verdict == "strict local minimizer"
+    assert full.lambda_min == pytest.approx(1.0, rel=1e-10)
 
 
 def test_lanczos_extreme_eigenvalues():

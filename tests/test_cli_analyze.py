@@ -117,6 +117,7 @@ def test_model_file_with_data(capsys, tmp_path):
                  str(tmp_path / "d.npz"), "--directions", "2", "--out", str(tmp_path / "s"))
     assert d["input"]["holds"] is True and d["control"]["holds"] is True
     assert d["lipschitz"]["value"] <= d["gronwall"] * (1 + 1e-9)
+    assert d["gronwall_certified"] is True  # GridControls: a proven upper bound
     assert len(d["lipschitz"]["per_input"]) == 3
     assert (tmp_path / "s" / "stability.png").exists()
     h = run_json(capsys, "hessian", str(tmp_path / "m.safetensors"), "--data",

@@ -33,6 +33,7 @@ from .hessian import (
 )
 from .stability import (
     LipschitzEstimate,
+    NormIntegral,
     SensitivityReport,
     StabilityReport,
     control_sensitivity,
@@ -42,6 +43,7 @@ from .stability import (
     integrated_operator_norm,
     lipschitz_estimate,
     operator_norm,
+    operator_norm_integral,
     stability_report,
     weighted_norm,
 )
@@ -57,11 +59,12 @@ from .steady_state import (
 
 __all__ = [
     "ControllabilityReport", "FitResult", "FrozenControls", "HessianReport", "LanczosResult",
-    "LipschitzEstimate", "ReducedObjective", "SensitivityReport", "StabilityReport",
-    "SteadyStateReport", "analyze_steady_state", "certify", "control_sensitivity",
-    "controllability_study", "find_steady_state", "fit", "flow_map", "frozen_operator",
-    "gronwall_factor", "input_sensitivity", "integrated_operator_norm", "lanczos",
-    "linearization", "lipschitz_estimate", "misfit_vs_alpha", "misfit_vs_horizon",
-    "misfit_vs_samples", "operator_norm", "select_parameters", "simulate_near",
-    "stability_report", "terminal_misfit", "weighted_norm",
+    "LipschitzEstimate", "NormIntegral", "ReducedObjective", "SensitivityReport",
+    "StabilityReport", "SteadyStateReport", "analyze_steady_state", "certify",
+    "control_sensitivity", "controllability_study", "find_steady_state", "fit", "flow_map",
+    "frozen_operator", "gronwall_factor", "input_sensitivity",
+    "integrated_operator_norm", "lanczos", "linearization", "lipschitz_estimate",
+    "misfit_vs_alpha", "misfit_vs_horizon", "misfit_vs_samples", "operator_norm",
+    "operator_norm_integral", "select_parameters", "simulate_near", "stability_report",
+    "terminal_misfit", "weighted_norm",
 ]

@@ -34,6 +34,7 @@ from .._checks import check_nonnegative, check_positive
 from ..controls import GridControls
 from ..errors import PdenetsError
 from ..objective import Objective, control_norms
+from ._params import frozen_parameters
 from .hessian import select_parameters
 
 
@@ -114,7 +115,7 @@ def fit(
     names = select_parameters(net, params)
     pdict = dict(net.named_parameters())
     ps = [pdict[n] for n in names]
-    frozen = [p for n, p in pdict.items() if n not in names and p.requires_grad]
+    others = [p for n, p in pdict.items() if n not in names]
     dtype = ps[0].dtype
     x = torch.as_tensor(inputs)
     if x.is_floating_point():
@@ -124,26 +125,25 @@ def fit(
         y = y.to(dtype)
         if y.dim() == 1:
             y = y[:, None]
-    for p in frozen:
-        p.requires_grad_(False)
     try:
-        opt = torch.optim.LBFGS(ps, lr=1.0, max_iter=max_iter, max_eval=int(max_iter * 1.25) + 1,
-                                tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
-                                history_size=history_size, line_search_fn="strong_wolfe")
+        with frozen_parameters(others):
+            opt = torch.optim.LBFGS(ps, lr=1.0, max_iter=max_iter,
+                                    max_eval=int(max_iter * 1.25) + 1,
+                                    tolerance_grad=tolerance_grad,
+                                    tolerance_change=tolerance_change,
+                                    history_size=history_size, line_search_fn="strong_wolfe")
 
-        def closure():
-            opt.zero_grad()
-            J = obj(net, x, y, disc)
-            J.backward()
-            return J
+            def closure():
+                opt.zero_grad()
+                J = obj(net, x, y, disc)
+                J.backward()
+                return J
 
-        with torch.enable_grad():
-            opt.step(closure)
-        state = opt.state[opt._params[0]]
-        n_iter, n_eval = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+            with torch.enable_grad():
+                opt.step(closure)
+            state = opt.state[opt._params[0]]
+            n_iter, n_eval = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
     finally:
-        for p in frozen:
-            p.requires_grad_(True)
         for p in ps:
             p.grad = None
     with torch.no_grad():

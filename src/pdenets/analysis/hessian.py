@@ -13,7 +13,8 @@ solve (discretize-then-optimize, MODEL.md §5). This module provides
 * :func:`certify`: the first-order residual ‖∇J‖ and the second-order verdict — strict local
   minimizer (∇J ≈ 0, λ_min > tol), saddle (λ_min < −tol; the Ritz vector is a direction of
   negative curvature and J is verified to decrease along it), degenerate (|λ_min| ≤ tol) or not
-  a critical point.
+  a critical point. The default tolerances are relative to ‖∇²J‖ (with a floor at the
+  Hessian's own rounding error), so the verdict is the same for J and c·J, c > 0.
 
 The Hessian is taken with respect to the *knot values* (Euclidean coordinates of θ). Its
 inertia (signs of its eigenvalues) equals that of the L² Hessian of the continuous controls
@@ -181,13 +182,20 @@ class ReducedObjective:
 
 @dataclass
 class LanczosResult:
-    """Ritz values (ascending), Ritz vectors (columns) and residual norms ‖H y − θ y‖."""
+    """Ritz values (ascending), Ritz vectors (columns) and residual norms ‖H y − θ y‖.
+
+    ``asymmetry`` is ‖(B − Bᵀ)/2‖₂ for B = Qᵀ(HQ) assembled from the products actually
+    computed: zero for an exactly symmetric operator, so for a Hessian it measures the rounding
+    error of the products on the Krylov space (the symmetric part of that error, invisible,
+    is of the same size).
+    """
 
     values: torch.Tensor
     vectors: torch.Tensor
     residuals: torch.Tensor
     steps: int
     invariant: bool  # the Krylov space became invariant (Ritz values exact)
+    asymmetry: float = 0.0
 
 
 def lanczos(
@@ -226,12 +234,14 @@ def lanczos(
          else torch.as_tensor(start, dtype=torch.float64).reshape(-1).cpu())
     q = (q / torch.linalg.vector_norm(q)).to(dtype=dtype, device=device)
     Q = [q]
+    HQ: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
     invariant = False
     scale = 0.0
     for j in range(k):
         w = matvec(Q[j])
+        HQ.append(w)
         a = float(torch.dot(w, Q[j]))
         alphas.append(a)
         B = torch.stack(Q, 1)
@@ -261,7 +271,9 @@ def lanczos(
     if invariant or m == n:
         last = 0.0
     res = torch.abs(last * S[-1, :])
-    return LanczosResult(vals.to(dtype), vecs, res.to(dtype), m, invariant or m == n)
+    Bq = Qm.T @ torch.stack(HQ[:m], 1)
+    asym = float(torch.linalg.matrix_norm(0.5 * (Bq - Bq.T), ord=2))
+    return LanczosResult(vals.to(dtype), vecs, res.to(dtype), m, invariant or m == n, asym)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +297,11 @@ class DescentCheck:
 
 @dataclass
 class HessianReport:
-    """Numbers behind a second-order verdict (see :func:`certify`)."""
+    """Numbers behind a second-order verdict (see :func:`certify`).
+
+    ``tol`` and ``grad_tol`` are the *effective* (absolute) thresholds the verdict used;
+    ``rounding`` is the estimated rounding error of the computed Hessian (see :func:`certify`).
+    """
 
     n_params: int
     parameters: list[str]
@@ -304,6 +320,7 @@ class HessianReport:
     condition: float | None
     descent: DescentCheck | None = None
     direction: torch.Tensor | None = field(default=None, repr=False)
+    rounding: float = 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -329,15 +346,34 @@ def certify(
 ) -> HessianReport:
     """First- and second-order optimality check at the current θ (MODEL.md §6).
 
+    Every default threshold is proportional to the scale of J, so the verdict is the same for
+    J and c·J, c > 0 (the sign of an eigenvalue and the vanishing of a gradient do not depend on
+    the units of J; absolute floors would make them):
+
+    * eigenvalues count as zero when |λ| ≤ tol with
+      tol = max(rtol · ‖H‖, 10 · δH), ‖H‖ = max |Ritz value|, δH the estimated rounding error
+      of the computed Hessian: the larger of the asymmetry of Qᵀ(HQ) on the Krylov space
+      (:class:`LanczosResult`; an exact Hessian is symmetric) and the backward-stable floor
+      n · u · ‖H‖ (u the unit roundoff of the parameters' dtype). Reported as ``rounding``;
+    * θ counts as critical when ‖∇J‖ ≤ grad_tol · ‖H‖ · max(1, ‖θ‖), i.e. the step
+      ‖∇J‖ / ‖H‖ that the stiffest curvature allows is at most grad_tol relative to
+      max(1, ‖θ‖) (a quantity in the units of θ, free of the units of J);
+    * a Ritz value proves λ_min > 0 only when it exceeds tol plus its residual (a Ritz value
+      always lies above λ_min; if Lanczos did not exhaust the space the residual bounds how far
+      the Ritz value is from an eigenvalue). When Lanczos is exact the residual is 0.
+
     Parameters
     ----------
     red : ReducedObjective
     k : int
         Lanczos steps (exact spectrum when k ≥ number of parameters).
     tol : float, optional
-        Eigenvalue threshold; default ``rtol · max(1, |λ|_max)``.
+        Absolute eigenvalue threshold, overriding the scale-invariant default above.
+    rtol : float
+        Relative eigenvalue threshold of the default ``tol``.
     grad_tol : float
-        θ counts as a critical point when ‖∇J‖ ≤ grad_tol.
+        Relative first-order tolerance (see above). The report's ``grad_tol`` is the absolute
+        threshold it gave.
     seed : int
         Lanczos start vector seed.
     max_halvings : int
@@ -348,29 +384,35 @@ def certify(
     HessianReport
         ``verdict`` is one of :data:`VERDICTS`: ``saddle`` whenever λ_min < −tol (a descent
         direction exists even if ∇J ≠ 0 — reported in ``descent``), ``not a critical point``
-        when ‖∇J‖ > grad_tol and λ_min ≥ −tol, else ``strict local minimizer`` (λ_min > tol)
-        or ``degenerate``.
+        when ‖∇J‖ exceeds its threshold and λ_min ≥ −tol, else ``strict local minimizer``
+        (λ_min > tol + Ritz residual) or ``degenerate`` (λ_min = 0 within tol, or its sign not
+        established).
     """
     J, g = red.gradient()
     gnorm = float(torch.linalg.vector_norm(g))
     lz = lanczos(red.hvp, red.n, k, seed=seed, dtype=red.dtype, device=red.device)
     vals = lz.values
     lmin, lmax = float(vals[0]), float(vals[-1])
+    hnorm = max(abs(lmin), abs(lmax))
+    rounding = max(lz.asymmetry, red.n * torch.finfo(red.dtype).eps * hnorm)
     if tol is None:
-        tol = rtol * max(1.0, abs(lmin), abs(lmax))
+        tol = max(rtol * hnorm, 10.0 * rounding)
+    theta_norm = float(torch.linalg.vector_norm(red.vector()))
+    gtol = grad_tol * hnorm * max(1.0, theta_norm)
+    res_min = float(lz.residuals[0])
     if lmin < -tol:
         verdict = "saddle"
-    elif gnorm > grad_tol:
+    elif gnorm > gtol:
         verdict = "not a critical point"
-    elif lmin > tol:
+    elif lmin > tol + res_min:
         verdict = "strict local minimizer"
     else:
         verdict = "degenerate"
     cond = lmax / lmin if lmin > tol else None
     rep = HessianReport(
-        red.n, list(red.names), J, gnorm, grad_tol, lmin, lmax, [float(x) for x in vals],
-        float(lz.residuals[0]), float(lz.residuals[-1]), lz.steps, lz.invariant, float(tol),
-        verdict, cond, None, lz.vectors[:, 0].clone(),
+        red.n, list(red.names), J, gnorm, gtol, lmin, lmax, [float(x) for x in vals],
+        res_min, float(lz.residuals[-1]), lz.steps, lz.invariant, float(tol),
+        verdict, cond, None, lz.vectors[:, 0].clone(), rounding,
     )
     if verdict == "saddle":
         rep.descent = verify_descent(red, rep.direction, g, lmin, max_halvings=max_halvings)

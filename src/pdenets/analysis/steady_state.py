@@ -46,6 +46,8 @@ VERDICTS = ("asymptotically stable", "unstable", "marginal", "no steady state fo
 
 
 class _ConstantSchedule(KernelSchedule):
+    time_dependent = False  # read by the Gronwall integral (stability.operator_norm_integral)
+
     def __init__(self, A: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> None:
         self.A, self.b, self._weights = A, b, weights
 
