@@ -107,10 +107,12 @@ class Dynamics:
                       p: torch.Tensor) -> torch.Tensor:
         """pᵀ ∂R/∂u per sample for a stack of stages (shapes as :meth:`reaction_batched`, p
         like Y); differentiable in A and b. Generic version: automatic differentiation."""
+        graph = torch.is_grad_enabled()
         Yg = Y.detach().requires_grad_(True)
         with torch.enable_grad():
             f = self.reaction_batched(Yg, A, b)
-            return torch.autograd.grad((f * p).sum(), Yg, create_graph=True)[0]
+            g = torch.autograd.grad((f * p).sum(), Yg, create_graph=graph)[0]
+        return g if graph else g.detach()
 
     def _diffusion_vjp(self, lam, lap):
         return self.eps * lap.transpose_apply(lam)
