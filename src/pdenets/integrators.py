@@ -41,7 +41,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -83,7 +83,8 @@ class Stats:
         return {"steps": self.steps, "rejected": self.rejected, "nfev": self.nfev}
 
 
-class Stage(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Stage:
     """One stage of an accepted step, as passed to the per-stage hook of :func:`integrate`.
 
     ``t`` is the stage depth t0 + c_i h, ``lo``/``hi`` the step's interval (lo < hi whatever
@@ -801,22 +802,22 @@ def integrate_span(
         if steps is None:
             raise PdenetsError(f"{solver.name}: a fixed-step solver needs a number of steps")
         hs = span / steps
-        rk = isinstance(solver, ExplicitRK)
-        if hook is not None and not rk:
+        tab = solver.tableau if isinstance(solver, ExplicitRK) else None
+        if hook is not None and tab is None:
             raise PdenetsError(f"{solver.name}: per-stage hooks need an explicit Runge-Kutta "
                                f"solver")
         k1 = None
         for n in range(steps):
             t0 = t_start + n * hs
-            if not rk:
+            if tab is None:
                 y = solver.step(system, t0, hs, y, stats, inplace)
-            elif inplace and not solver.tableau.fsal:
-                y = _rk_step_inplace(solver.tableau, system, t0, hs, y, stats)
+            elif inplace and not tab.fsal:
+                y = _rk_step_inplace(tab, system, t0, hs, y, stats)
             else:
-                y, ys, ks = rk_step(solver.tableau, system, t0, hs, y, stats, k1)
-                k1 = ks[-1] if solver.tableau.fsal else None
+                y, ys, ks = rk_step(tab, system, t0, hs, y, stats, k1)
+                k1 = ks[-1] if tab.fsal else None
                 if hook is not None:
-                    _emit(hook, solver.tableau, t0, hs, ys, ks)
+                    _emit(hook, tab, t0, hs, ys, ks)
             stats.steps += 1
             if on_step is not None:
                 on_step(stats.steps, y)
@@ -935,17 +936,17 @@ def integrate(
     stops = sorted(set([T, *save_times, *[b for b in breakpoints if 0 < b < T]]))
     u = u0
     t = 0.0
-    h = None
+    h0: float | None = None
     if solver.replay is None:
-        h = solver.initial_step(system, 0.0, u0, T)
+        h0 = solver.initial_step(system, 0.0, u0, T)
         if solver.first_step is None:
             stats.nfev += 1
     state = None
     values = {0.0: u0}
     for s in stops:
         if s > t:
-            u, h, state = integrate_span(system, u, t, s, solver, stats, h=h, hook=hook,
-                                         state=state)
+            u, h0, state = integrate_span(system, u, t, s, solver, stats, h=h0, hook=hook,
+                                          state=state)
             t = s
         values[s] = u
     saved = [values[t] if t in values else u0 for t in save_times]
