@@ -197,3 +197,27 @@ def test_cli_train_msa_and_analyze_pmp_json(tmp_path):
     assert rep["identity_error"] < 1e-8 and len(rep["times"]) == len(rep["residual"]) == 8
     assert (tmp_path / "pmp" / "pmp.png").is_file()
     assert (tmp_path / "pmp" / "report.json").is_file()
+
+
+class _Cubic(pn.Dynamics):
+    """Dynamics known only by its reaction: the PMP layer must not need a 'kind' switch."""
+
+    kind = "cubic"
+
+    def reaction(self, u, A, b):
+        return torch.tanh(u @ A.T + b) - 0.1 * u ** 3
+
+
+def test_state_sweep_is_the_forward_solve_and_custom_dynamics_work():
+    net, x, y = _problem("linear", "rk4")
+    sw = forward_sweep(net, x)
+    assert torch.equal(sw.uT.detach(), net.solve(x).u.detach())
+    assert float(sw.weights.sum()) == pytest.approx(float(net.T), abs=1e-14)
+    assert sw.Y.shape[0] == 4 * net.discretization.steps
+    net.dynamics = _Cubic("tanh")
+    rep = pmp_residual(net, x, y, Objective("cross_entropy", 0.05, 0.0))
+    assert rep.grad_J_norm > 1e-4 and rep.identity_error < 1e-10
+    obj = Objective("cross_entropy", 1e-3, 0.0)
+    msa = MSA(net, obj, rho=5.0, inner_steps=5, adapt_rho=False)
+    rec = msa.step(x, y)
+    assert rec.J_after <= rec.J_after_readout and rec.H_gain >= 0.0

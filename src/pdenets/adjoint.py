@@ -4,6 +4,11 @@ Pass one of these as ``adjoint=`` to :func:`pdenets.solve` / :meth:`ContinuumNet
 (cf. Diffrax's ``adjoint=``); ``loss.backward()`` then computes gradients of every learnable
 parameter (controls, readout, learnable lifting) with the chosen method.
 
+A strategy does its own work: :meth:`Adjoint.solve` receives the discretized
+:class:`ForwardProblem` and the initial state and returns u(T) wired for ``backward()``. The
+network calls nothing else, so a new strategy is a subclass of :class:`Adjoint` with a
+``solve`` method — no change to :mod:`pdenets.network`.
+
 :class:`DiscreteAdjoint` (discretize-then-optimize)
     The exact gradient of the *discrete* objective, by reverse-mode automatic differentiation
     through the integrator (the discrete adjoint equations). Agrees with finite differences to
@@ -16,11 +21,13 @@ parameter (controls, readout, learnable lifting) with the chosen method.
 
         −∂_t λ = (∂f/∂u)ᵀ λ,     λ(T) = ∂ℓ/∂u(T),
 
-    backward with its own integrator, together with the state u, which is *recomputed by
+    backward through the common Runge–Kutta core (:func:`pdenets.integrators.integrate_span`:
+    same tableaus, same step-size controllers), together with the state u, which is *recomputed by
     integrating the forward equation backward in time* from u(T) and re-anchored to stored
     forward values at ``checkpoints`` fixed depths (the control knots by default). The
-    gradient ∫ λᵀ ∂f/∂θ dt is accumulated with the integrator's own quadrature weights (as for
-    the augmented system of Pontryagin/Chen et al.). Memory is independent of the number of
+    gradient ∫ λᵀ ∂f/∂θ dt is accumulated by the integrator's per-stage hook with its own
+    quadrature weights h b_i on accepted steps (the augmented system of Pontryagin/Chen et
+    al.). Memory is independent of the number of
     steps: O(checkpoints·B·N + K·N²). The gradient is consistent: it converges to the discrete
     gradient at the integrator's order as the steps increase. With diffusion (ε > 0) integrating
     u backward is ill-posed, so the continuous adjoint then raises; use
@@ -35,25 +42,74 @@ equations. Griewank & Walther (2008), Evaluating Derivatives, ch. 12 (checkpoint
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ._checks import check_positive
-from .controls import _KnotSchedule
+from .controls import KernelSchedule, _KnotSchedule
 from .errors import PdenetsError
-from .integrators import Dopri5, ExplicitRK, Solver, Stats, integrate
+from .integrators import ExplicitRK, Solver, Stage, Stats, System, integrate, integrate_span
+
+if TYPE_CHECKING:
+    from .dynamics import Dynamics
+    from .quadrature import Grid
+
+
+@dataclass(frozen=True)
+class ForwardProblem:
+    """The discretized forward problem of MODEL.md §1–2 that a gradient strategy solves.
+
+    Attributes
+    ----------
+    dynamics : Dynamics
+    schedule : KernelSchedule
+        The controls evaluated on ``grid`` (``controls.discretize(grid)``).
+    grid : Grid
+    T : float
+    steps : int
+        Number of (fixed) depth steps; the first-step guess of adaptive solvers.
+    solver : Solver
+    """
+
+    dynamics: Dynamics
+    schedule: KernelSchedule
+    grid: Grid
+    T: float
+    steps: int
+    solver: Solver
+
+    def system(self, schedule: KernelSchedule | None = None) -> System:
+        """The semi-discrete right-hand side (for ``schedule``, by default the problem's)."""
+        return self.dynamics.system(self.schedule if schedule is None else schedule, self.grid)
 
 
 class Adjoint:
-    """Base class of gradient strategies."""
+    """Base class of gradient strategies: subclasses implement :meth:`solve`."""
 
     name = "adjoint"
 
     def config(self) -> dict:
         return {"name": self.name}
+
+    def solve(self, problem: ForwardProblem, u0: torch.Tensor, save_times=()
+              ) -> tuple[torch.Tensor, list[torch.Tensor], dict]:
+        """Integrate ``problem`` from ``u0`` to T so that ``backward()`` through the returned
+        u(T) uses this strategy.
+
+        Returns
+        -------
+        (u(T), [u(t) for t in save_times], stats dict)
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement solve()")
+
+    def _no_saveat(self, save_times) -> None:
+        if save_times:
+            raise PdenetsError(f"saveat cannot be combined with adjoint={self!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +133,25 @@ class DiscreteAdjoint(Adjoint):
     def config(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint}
 
+    def solve(self, problem, u0, save_times=()):
+        if self.checkpoint is None:
+            uT, saved, st = integrate(problem.system(), u0, problem.T, problem.steps,
+                                      problem.solver, list(save_times),
+                                      problem.schedule.breakpoints)
+            return uT, saved, {**st.as_dict(), "step_sizes": st.step_sizes}
+        self._no_saveat(save_times)
+        sched = problem.schedule
+        if not isinstance(sched, _KnotSchedule):
+            raise PdenetsError("DiscreteAdjoint(checkpoint=...) needs GridControls")
+        args = (sched.T, sched.basis, sched._weights)
+
+        def factory(A, b):
+            return problem.system(_KnotSchedule(A, b, *args))
+
+        uT, st = integrate_checkpointed(factory, u0, (sched.A, sched.b), problem.T,
+                                        problem.steps, problem.solver, self.checkpoint)
+        return uT, [], st.as_dict()
+
 
 @dataclass(frozen=True)
 class ContinuousAdjoint(Adjoint):
@@ -86,7 +161,8 @@ class ContinuousAdjoint(Adjoint):
     ----------
     solver : Solver, optional
         Integrator of the backward (state, costate) system; the forward solver by default.
-        Explicit Runge–Kutta methods and Dopri5 are supported.
+        Explicit Runge–Kutta methods and adaptive ones (Dopri5, with its step-size
+        controller) are supported.
     steps : int, optional
         Backward steps for fixed-step solvers; the forward number of steps by default.
     checkpoints : int, optional
@@ -114,6 +190,25 @@ class ContinuousAdjoint(Adjoint):
         return {"name": self.name, "steps": self.steps, "checkpoints": self.checkpoints,
                 "solver": None if self.solver is None else self.solver.config()}
 
+    def solve(self, problem, u0, save_times=()):
+        self._no_saveat(save_times)
+        if problem.dynamics.eps > 0.0:
+            raise PdenetsError(
+                "continuous adjoint with diffusion (eps > 0) would integrate the state backward "
+                "through the heat equation (ill-posed); use DiscreteAdjoint(checkpoint=k)"
+            )
+        if not isinstance(problem.solver, ExplicitRK):
+            raise PdenetsError(
+                f"continuous adjoint needs an explicit Runge-Kutta forward solver, got "
+                f"{problem.solver!r}"
+            )
+        sched = problem.schedule
+        if not isinstance(sched, _KnotSchedule):
+            raise PdenetsError("continuous adjoint needs GridControls (knot-based controls)")
+        stats: dict = {}
+        uT = _ContinuousAdjointFn.apply(u0, sched.A, sched.b, (problem, self, stats))
+        return uT, [], stats
+
 
 ADJOINTS = {"discrete": DiscreteAdjoint, "continuous": ContinuousAdjoint}
 
@@ -125,6 +220,13 @@ def make_adjoint(name: str | Adjoint, **options) -> Adjoint:
     from ._checks import check_choice
 
     return ADJOINTS[check_choice(name, ADJOINTS, "gradient strategy")](**options)
+
+
+def solve_with_adjoint(adjoint, dynamics, sched, grid, u0, T, steps, solver,
+                       system_factory=None):
+    """Compatibility wrapper: ``adjoint.solve(ForwardProblem(...), u0)`` → (u(T), stats)."""
+    uT, _, stats = adjoint.solve(ForwardProblem(dynamics, sched, grid, T, steps, solver), u0)
+    return uT, stats
 
 
 # ------------------------------------------------------------------------------------------
@@ -168,53 +270,28 @@ def _knot_weights(sched: _KnotSchedule, t: float, t0: float, t1: float):
 
 
 class _Backward:
-    """The backward (state, costate) system and the gradient quadrature."""
+    """The backward (state, costate) system y = (u, λ): dy/dt = (f(u), −(∂f/∂u)ᵀλ), with the
+    integrand ∂⟨λ,f⟩/∂(A, b) of the gradient as auxiliary slope components."""
 
     def __init__(self, dynamics, sched: _KnotSchedule):
         self.dynamics, self.sched = dynamics, sched
 
-    def stage(self, t, u, lam, t0, t1):
-        """(du/dt, dλ/dt, ∂⟨λ,f⟩/∂A, ∂⟨λ,f⟩/∂b) at a stage of the backward system."""
-        A, b = self.sched.at(t, t0, t1)
+    def __call__(self, t, y, lo, hi):
+        u, lam = y
+        A, b = self.sched.at(t, lo, hi)
         du, lu, gA, gb = self.dynamics.reaction_and_vjp(u, A, b, lam)
         return du, -lu, gA, gb
-
-
-def _rk_backward_step(bw, solver: ExplicitRK, t1, h, u, lam):
-    """One step of the backward system from t1 to t1 − h with the RK tableau of ``solver``.
-
-    Returns (u(t1−h), λ(t1−h), list of (t_i, h·b_i, gA_i, gb_i), (stage slopes of u, of λ)).
-    """
-    t0 = t1 - h
-    ks_u, ks_l, contrib = [], [], []
-    for i, ci in enumerate(solver.c):
-        yu, yl = u, lam
-        for j, aij in enumerate(solver.a[i]):
-            if aij != 0.0:
-                yu = yu - (h * aij) * ks_u[j]
-                yl = yl - (h * aij) * ks_l[j]
-        ti = t1 - ci * h
-        du, dl, gA, gb = bw.stage(ti, yu, yl, t0, t1)
-        ks_u.append(du)
-        ks_l.append(dl)
-        contrib.append((ti, gA, gb))
-    b = solver.b
-    new_u, new_l = u, lam
-    for bi, ku, kl in zip(b, ks_u, ks_l):
-        if bi != 0.0:
-            new_u = new_u - (h * bi) * ku
-            new_l = new_l - (h * bi) * kl
-    return new_u, new_l, [(t, h * bi, gA, gb) for bi, (t, gA, gb) in zip(b, contrib)
-                          if bi != 0.0], (ks_u, ks_l)
 
 
 class _ContinuousAdjointFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u0, A, b, info):
-        dynamics, sched_cls_args, system_factory, T, steps, solver, adj = info
-        sched = _KnotSchedule(A.detach(), b.detach(), *sched_cls_args)
+        problem, adj, out_stats = info
+        T, steps, solver = problem.T, problem.steps, problem.solver
+        s0 = problem.schedule
+        sched = _KnotSchedule(A.detach(), b.detach(), s0.T, s0.basis, s0._weights)
         with torch.no_grad():
-            system = system_factory(sched)
+            system = problem.system(sched)
             ncp = adj.checkpoints or max(1, getattr(sched, "intervals", 1))
             cp_times = sorted({T * j / ncp for j in range(ncp + 1)})
             if not solver.adaptive:
@@ -222,108 +299,55 @@ class _ContinuousAdjointFn(torch.autograd.Function):
                 cp_times = sorted({round(t / h) * h for t in cp_times})
             uT, saved, stats = integrate(system, u0.detach(), T, steps, solver, cp_times,
                                          sched.breakpoints)
+        out_stats.update({**stats.as_dict(), "step_sizes": stats.step_sizes})
         ctx.info = info
         ctx.sched = sched
         ctx.cp_times = cp_times
-        ctx.stats = stats
         ctx.save_for_backward(*saved)
         return uT
 
     @staticmethod
     def backward(ctx, gT):
-        dynamics, _, _, T, steps, solver, adj = ctx.info
+        problem, adj, _ = ctx.info
+        T = problem.T
         sched = ctx.sched
-        saved = ctx.saved_tensors
-        anchors = dict(zip(ctx.cp_times, saved))
-        bsolver = adj.solver or solver
-        bsteps = adj.steps or steps
+        anchors = dict(zip(ctx.cp_times, ctx.saved_tensors))
+        bsolver = adj.solver or problem.solver
+        if getattr(bsolver, "replay", None) is not None:  # a frozen forward step sequence
+            bsolver = copy.copy(bsolver)
+            bsolver.replay = None
+        bsteps = adj.steps or problem.steps
         gA = torch.zeros_like(sched.A)
         gb = torch.zeros_like(sched.b)
-        bw = _Backward(dynamics, sched)
+        bw = _Backward(problem.dynamics, sched)
+        stats = Stats()
 
-        def commit(contrib, t0, t1):
-            for t, w, dA, db in contrib:
-                for k, s in _knot_weights(sched, t, t0, t1):
-                    if s != 0.0:
-                        gA[k].add_(dA, alpha=w * s)
-                        gb[k].add_(db, alpha=w * s)
+        def commit(stage: Stage) -> None:
+            # the step runs backward (weight h b_i < 0): ∫ λᵀ ∂f/∂θ dt gains |h| b_i · integrand
+            if stage.weight == 0.0:
+                return
+            dA, db = stage.k[2], stage.k[3]
+            w = -stage.weight
+            for k, s in _knot_weights(sched, stage.t, stage.lo, stage.hi):
+                if s != 0.0:
+                    gA[k].add_(dA, alpha=w * s)
+                    gb[k].add_(db, alpha=w * s)
 
         with torch.no_grad():
             lam = gT.detach()
             # stop (re-anchor) at checkpoints and at control breakpoints
             stops = sorted(set(ctx.cp_times) | {b for b in sched.breakpoints if 0 < b < T}
                            | {0.0, T}, reverse=True)
-            u = anchors[stops[0]] if stops[0] in anchors else None
+            u = anchors.get(stops[0])
             for t_hi, t_lo in zip(stops[:-1], stops[1:]):
                 if t_hi in anchors:
                     u = anchors[t_hi]
                 span = t_hi - t_lo
                 if not bsolver.adaptive:
                     n = max(1, math.ceil(span / (T / bsteps) - 1e-9))
-                    h = span / n
-                    t = t_hi
-                    for _ in range(n):
-                        u, lam, contrib, _ = _rk_backward_step(bw, bsolver, t, h, u, lam)
-                        commit(contrib, t - h, t)
-                        t -= h
+                    (u, lam), _, _ = integrate_span(bw, (u, lam), t_hi, t_lo, bsolver, stats,
+                                                    steps=n, hook=commit)
                 else:
-                    u, lam = _adaptive_backward(bw, bsolver, t_hi, t_lo, u, lam, commit, T)
+                    (u, lam), _, _ = integrate_span(bw, (u, lam), t_hi, t_lo, bsolver, stats,
+                                                    h=min(span, 0.05 * T), hook=commit)
         return lam, gA, gb, None
-
-
-def _adaptive_backward(bw, solver: Dopri5, t_hi, t_lo, u, lam, commit, T):
-    t = t_hi
-    h = min(t_hi - t_lo, 0.05 * T)
-    attempts = 0
-    while t > t_lo + 1e-14 * max(1.0, T):
-        h = min(h, t - t_lo)
-        attempts += 1
-        if attempts > solver.max_steps:
-            raise PdenetsError("continuous adjoint: dopri5 exceeded max_steps")
-        nu, nl, contrib, (ku, kl) = _rk_backward_step(bw, solver, t, h, u, lam)
-        eu = sum((h * e) * k for e, k in zip(solver.b_err, ku) if e != 0.0)
-        el = sum((h * e) * k for e, k in zip(solver.b_err, kl) if e != 0.0)
-        en = max(solver._norm(eu, u, nu), solver._norm(el, lam, nl))
-        fac = 0.9 * (max(en, 1e-10) ** -0.2) if math.isfinite(en) else 0.1
-        if math.isfinite(en) and en <= 1.0:
-            commit(contrib, t - h, t)
-            u, lam, t = nu, nl, t - h
-            h *= min(5.0, max(0.2, fac))
-        else:
-            h *= min(1.0, max(0.1, fac))
-    return u, lam
-
-
-def solve_with_adjoint(adjoint, dynamics, sched, grid, u0, T, steps, solver, system_factory):
-    """Integrate to T with the gradient strategy ``adjoint``; returns (u(T), stats dict)."""
-    if isinstance(adjoint, ContinuousAdjoint):
-        if dynamics.eps > 0.0:
-            raise PdenetsError(
-                "continuous adjoint with diffusion (eps > 0) would integrate the state backward "
-                "through the heat equation (ill-posed); use DiscreteAdjoint(checkpoint=k)"
-            )
-        if not isinstance(solver, ExplicitRK):
-            raise PdenetsError(
-                f"continuous adjoint needs an explicit Runge-Kutta forward solver, got {solver!r}"
-            )
-        if not isinstance(sched, _KnotSchedule):
-            raise PdenetsError("continuous adjoint needs GridControls (knot-based controls)")
-        info = (dynamics, (sched.T, sched.basis, sched._weights), system_factory, T, steps,
-                solver, adjoint)
-        uT = _ContinuousAdjointFn.apply(u0, sched.A, sched.b, info)
-        return uT, {"steps": steps}
-    assert isinstance(adjoint, DiscreteAdjoint)
-    if adjoint.checkpoint is None:
-        uT, _, stats = integrate(system_factory(sched), u0, T, steps, solver, None,
-                                 sched.breakpoints)
-        return uT, stats.as_dict()
-    if not isinstance(sched, _KnotSchedule):
-        raise PdenetsError("DiscreteAdjoint(checkpoint=...) needs GridControls")
-    args = (sched.T, sched.basis, sched._weights)
-
-    def factory(A, b):
-        return system_factory(_KnotSchedule(A, b, *args))
-
-    uT, stats = integrate_checkpointed(factory, u0, (sched.A, sched.b), T, steps, solver,
-                                       adjoint.checkpoint)
-    return uT, stats.as_dict()

@@ -13,7 +13,12 @@ class          f(u)                                          MODEL.md
 
 Each also provides :meth:`Dynamics.vjp`, the hand-written vector–Jacobian products used by the
 adjoint equation of MODEL.md §5: given a costate λ it returns λᵀ ∂f/∂u and the contributions
-to ∂/∂A and ∂/∂b.
+to ∂/∂A and ∂/∂b; :meth:`Dynamics.reaction_batched` and :meth:`Dynamics.vjp_u_batched`, the
+same quantities for a stack of E stages with their own (A_e, b_e) at once (batched matrix
+products; used by the PMP/MSA layer of MODEL.md §7); and :meth:`Dynamics.system`, the
+semi-discrete right-hand side that the integrators advance. A new subclass only needs
+:meth:`Dynamics.reaction`: the base class derives the rest (by ``torch.func.vmap`` and
+automatic differentiation), and may override them with hand-written forms.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_choice, check_nonnegative
+from ._laplacian import laplacian_for
 from .activations import Activation, get_activation
+from .integrators import System
 
 
 class Dynamics:
@@ -78,6 +85,35 @@ class Dynamics:
             du, gA, gb = torch.autograd.grad(f, (uu, AA, bb), lam)
         return f.detach(), du, gA, gb
 
+    def system(self, schedule, grid) -> System:
+        """The semi-discrete right-hand side on ``grid`` (MODEL.md §2) for the controls
+        ``schedule`` (a :class:`~pdenets.controls.KernelSchedule` on that grid)."""
+        lap = laplacian_for(grid) if self.eps > 0.0 else None
+
+        def reaction(t, u, t0, t1):
+            A, b = schedule.at(t, t0, t1)
+            return self.reaction(u, A, b)
+
+        return System(reaction, self.eps, lap)
+
+    def reaction_batched(self, Y: torch.Tensor, A: torch.Tensor, b: torch.Tensor
+                         ) -> torch.Tensor:
+        """The reaction for a stack of stages: Y ``(E, B, N)``, A ``(E, N, N)``, b ``(E, N)``
+        → ``(E, B, N)`` (the θ-dependent part of f; diffusion does not depend on θ).
+        Generic version: ``torch.func.vmap`` of :meth:`reaction`."""
+        return torch.func.vmap(self.reaction)(Y, A, b)
+
+    def vjp_u_batched(self, Y: torch.Tensor, A: torch.Tensor, b: torch.Tensor,
+                      p: torch.Tensor) -> torch.Tensor:
+        """pᵀ ∂R/∂u per sample for a stack of stages (shapes as :meth:`reaction_batched`, p
+        like Y); differentiable in A and b. Generic version: automatic differentiation."""
+        graph = torch.is_grad_enabled()
+        Yg = Y.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = self.reaction_batched(Yg, A, b)
+            g = torch.autograd.grad((f * p).sum(), Yg, create_graph=graph)[0]
+        return g if graph else g.detach()
+
     def _diffusion_vjp(self, lam, lap):
         return self.eps * lap.transpose_apply(lam)
 
@@ -107,6 +143,13 @@ class Standard(Dynamics):
         g = self.activation.derivative(z) * lam
         return self.activation.fn(z), g @ A, g.T @ u, g.sum(0)
 
+    def reaction_batched(self, Y, A, b):
+        return self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))
+
+    def vjp_u_batched(self, Y, A, b, p):
+        Z = torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2))
+        return torch.bmm(self.activation.derivative(Z) * p, A)
+
 
 class Field(Dynamics):
     """∂_t u = ∫ w σ(u) dy + b + ε Δ_x u — neural-field (Wilson–Cowan) variant (MODEL.md §1)."""
@@ -126,6 +169,12 @@ class Field(Dynamics):
         s = self.activation.fn(u)
         return (torch.addmm(b, s, A.T), self.activation.derivative(u) * (lam @ A), lam.T @ s,
                 lam.sum(0))
+
+    def reaction_batched(self, Y, A, b):
+        return torch.baddbmm(b[:, None, :], self.activation.fn(Y), A.transpose(1, 2))
+
+    def vjp_u_batched(self, Y, A, b, p):
+        return self.activation.derivative(Y) * torch.bmm(p, A)
 
 
 class Selection(Dynamics):
@@ -149,6 +198,14 @@ class Selection(Dynamics):
         s = self.activation.fn(z)
         g = self.activation.derivative(z) * lam * u
         return u * s, lam * s + g @ A, g.T @ u, g.sum(0)
+
+    def reaction_batched(self, Y, A, b):
+        return Y * self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))
+
+    def vjp_u_batched(self, Y, A, b, p):
+        act = self.activation
+        Z = torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2))
+        return p * act.fn(Z) + torch.bmm(act.derivative(Z) * p * Y, A)
 
 
 DYNAMICS: dict[str, type[Dynamics]] = {"standard": Standard, "field": Field, "selection": Selection}

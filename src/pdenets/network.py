@@ -22,12 +22,11 @@ import torch
 from torch import nn
 
 from ._checks import check_finite, check_positive
-from ._laplacian import laplacian_for
-from .adjoint import Adjoint, DiscreteAdjoint, solve_with_adjoint
+from .adjoint import Adjoint, DiscreteAdjoint, ForwardProblem
 from .controls import Controls, GridControls, KernelSchedule
 from .dynamics import Dynamics, make_dynamics
 from .errors import PdenetsError
-from .integrators import RK4, Solver, System, integrate, make_solver
+from .integrators import RK4, Solver, System, make_solver
 from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
 from .quadrature import Grid, Midpoint, QuadratureRule, make_rule
 from .readout import CellAverageReadout, LinearReadout, Readout
@@ -100,14 +99,9 @@ class Solution:
 
 
 def make_system(dynamics: Dynamics, sched: KernelSchedule, grid: Grid) -> System:
-    """The semi-discrete right-hand side of the forward problem on ``grid``."""
-    lap = laplacian_for(grid) if dynamics.eps > 0.0 else None
-
-    def reaction(t, u, t0, t1):
-        A, b = sched.at(t, t0, t1)
-        return dynamics.reaction(u, A, b)
-
-    return System(reaction, dynamics.eps, lap)
+    """The semi-discrete right-hand side of the forward problem on ``grid``
+    (:meth:`Dynamics.system <pdenets.dynamics.Dynamics.system>`)."""
+    return dynamics.system(sched, grid)
 
 
 def _save_times(saveat, T: float, steps: int) -> list[float]:
@@ -152,7 +146,10 @@ def solve(
     adjoint : Adjoint, optional
         Gradient strategy for ``backward()`` (MODEL.md §5): :class:`~pdenets.DiscreteAdjoint`
         (the default: automatic differentiation through the steps, optionally checkpointed)
-        or :class:`~pdenets.ContinuousAdjoint`. Cannot be combined with ``saveat``.
+        or :class:`~pdenets.ContinuousAdjoint` — or any :class:`~pdenets.Adjoint` subclass:
+        the strategy integrates the problem itself (:meth:`Adjoint.solve
+        <pdenets.adjoint.Adjoint.solve>`). Only the plain discrete adjoint supports
+        ``saveat``.
 
     Returns
     -------
@@ -179,20 +176,12 @@ def solve(
     sched = controls.discretize(grid)
     ts = _save_times(saveat, T, disc.steps)
     u0 = u0.to(grid.dtype)
-    if adjoint is not None and not (isinstance(adjoint, DiscreteAdjoint)
-                                    and adjoint.checkpoint is None):
-        if ts:
-            raise PdenetsError(f"saveat cannot be combined with adjoint={adjoint!r}")
-        uT, stats = solve_with_adjoint(
-            adjoint, dynamics, sched, grid, u0, T, disc.steps, disc.solver,
-            lambda s: make_system(dynamics, s, grid),
-        )
-        return Solution(uT, [], None, grid, stats)
-    system = make_system(dynamics, sched, grid)
-    uT, saved, st = integrate(system, u0, T, disc.steps, disc.solver, ts, sched.breakpoints)
+    problem = ForwardProblem(dynamics, sched, grid, T, disc.steps, disc.solver)
+    strategy = DiscreteAdjoint() if adjoint is None else adjoint
+    if not callable(getattr(strategy, "solve", None)):
+        raise PdenetsError(f"adjoint must be a gradient strategy (an Adjoint), got {adjoint!r}")
+    uT, saved, stats = strategy.solve(problem, u0, ts)
     us = torch.stack(saved) if saved else None
-    stats = st.as_dict()
-    stats["step_sizes"] = st.step_sizes
     return Solution(uT, ts, us, grid, stats)
 
 

@@ -1,0 +1,392 @@
+"""Extended method of successive approximations (Li, Chen, Tai & E 2018; MODEL.md §7; the
+algorithm is described in :mod:`pdenets.pontryagin`) and its trainer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import PdenetsError
+from ..network import ContinuumNetwork, Discretization
+from ..objective import Objective, data_loss
+from ..readout import LinearReadout
+from ..training import Trainer
+from .sweep import (
+    Sweep,
+    _knot_matrices,
+    _mass,
+    _time_mass_diag,
+    check_network,
+    costate_sweep,
+    forward_sweep,
+)
+
+# ------------------------------------------------------------------------------------------
+# method of successive approximations
+
+
+@dataclass
+class MSAStep:
+    """Record of one MSA iteration."""
+
+    J_before: float
+    J_after_readout: float
+    J_after: float
+    accepted: bool
+    fallback: bool
+    rho: float
+    grad_norm: float
+    step_norm: float
+    H_gain: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class MSA:
+    """Extended method of successive approximations on a :class:`ContinuumNetwork`.
+
+    See the module docstring for the algorithm. Works on any batch: :meth:`step` performs one
+    iteration (state sweep, readout, costate sweep, Hamiltonian maximization, acceptance /
+    fallback) on (inputs, targets); :meth:`run` iterates on one batch until J stalls.
+
+    Parameters
+    ----------
+    net : ContinuumNetwork
+        With :class:`~pdenets.controls.GridControls` and a fixed-step explicit RK solver.
+    objective : Objective
+    rho : float
+        Penalty ρ ≥ 0 of the extended Hamiltonian (also the floor of the adaptive ρ).
+    inner_steps : int
+        Iterations of the Hamiltonian maximization.
+    inner_lr : float
+        Learning rate of the inner Adam (``inner_solver="adam"``); L-BFGS uses unit steps
+        with a strong-Wolfe line search.
+    inner_solver : {"lbfgs", "adam"}
+    readout_steps : int
+        L-BFGS iterations of the readout subproblem (0: keep the readout fixed).
+    adapt_rho : bool
+        Double ρ after a failed step, decay by 0.9 (not below ``rho``) after a successful one.
+    disc : Discretization, optional
+        Default: the network's.
+    other_optimizer : torch.optim.Optimizer, optional
+        Optimizer used for the gradient step of remaining parameters (learnable lifting); by
+        default Adam with ``lifting_lr``.
+    """
+
+    def __init__(self, net: ContinuumNetwork, objective: Objective, *, rho: float = 1.0,
+                 inner_steps: int = 10, inner_lr: float = 0.05, inner_solver: str = "lbfgs",
+                 readout_steps: int = 10, adapt_rho: bool = True,
+                 disc: Discretization | None = None,
+                 other_optimizer: torch.optim.Optimizer | None = None,
+                 lifting_lr: float = 0.01) -> None:
+        if inner_solver not in ("lbfgs", "adam"):
+            raise PdenetsError(f"MSA inner_solver must be 'lbfgs' or 'adam', got {inner_solver!r}")
+        if rho < 0 or inner_steps < 1 or inner_lr <= 0 or readout_steps < 0:
+            raise PdenetsError("MSA: need rho >= 0, inner_steps >= 1, inner_lr > 0, "
+                               "readout_steps >= 0")
+        self.net, self.objective = net, objective
+        self.disc = disc or net.discretization
+        check_network(net, self.disc)
+        self.rho_min = float(rho)
+        self.rho = float(rho)
+        self.inner_steps, self.inner_lr, self.inner_solver = inner_steps, inner_lr, inner_solver
+        self.readout_steps, self.adapt_rho = readout_steps, adapt_rho
+        self.iterations = 0
+        self.fallbacks = 0
+        self.rejected = 0
+        self.history: list[MSAStep] = []
+        ctrl_ids = {id(net.controls.w), id(net.controls.b)}
+        ro_ids = {id(p) for p in net.readout.parameters()}
+        self.others = [p for p in net.parameters()
+                       if p.requires_grad and id(p) not in ctrl_ids | ro_ids]
+        self.other_optimizer = other_optimizer
+        if other_optimizer is None and self.others:
+            self.other_optimizer = torch.optim.Adam(self.others, lr=lifting_lr)
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _J(self, x, y) -> float:
+        with torch.no_grad():
+            return float(self.objective(self.net, x, y, self.disc))
+
+    def _readout_update(self, uT: torch.Tensor, y, grid) -> None:
+        ro = self.net.readout
+        if not isinstance(ro, LinearReadout) or self.readout_steps == 0:
+            return
+        params = [p for p in (ro.c, ro.d) if p.requires_grad]
+        if not params:
+            return
+        with torch.no_grad():
+            R0, d0 = ro.matrix(grid)
+            R0, d0 = R0.clone(), d0.clone()
+        rho, loss = self.rho, self.objective.loss
+        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=self.readout_steps,
+                                history_size=10, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                R, d = ro.matrix(grid)
+                out = torch.addmm(d, uT, R.T)
+                diff = uT @ (R - R0).T + (d - d0)
+                val = data_loss(out, y, loss) + 0.5 * rho * (diff ** 2).sum(1).mean()
+                val.backward()
+            return val
+
+        opt.step(closure)
+        ro.zero_grad(set_to_none=True)
+
+    def _reg_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.net.controls
+        if not (self.objective.alpha or self.objective.beta):
+            return torch.zeros_like(c.w), torch.zeros_like(c.b)
+        with torch.enable_grad():
+            R = self.objective.regularization(self.net)
+            gw, gb = torch.autograd.grad(R, [c.w, c.b])
+        return gw.detach(), gb.detach()
+
+    def _maximize(self, sw: Sweep, gRw, gRb) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Block-Jacobi maximization of the knots' shares of ∫H̃ dt (module docstring)."""
+        net = self.net
+        ctrl = net.controls
+        dyn = net.dynamics
+        grid = sw.grid
+        W0 = ctrl.w.detach().clone()
+        B0 = ctrl.b.detach().clone()
+        # entries: (stage, owner knot, owner weight, other knot, other weight)
+        kw = sw.knot_weights
+        st, own, wown, oth, woth = [], [], [], [], []
+        for s in range(kw.shape[0]):
+            nz = [(j, float(kw[s, j])) for j in range(kw.shape[1]) if float(kw[s, j]) != 0.0]
+            for j, wj in nz:
+                rest = [(i, wi) for i, wi in nz if i != j]
+                st.append(s)
+                own.append(j)
+                wown.append(wj)
+                oth.append(rest[0][0] if rest else j)
+                woth.append(rest[0][1] if rest else 0.0)
+        dev, dt = W0.device, W0.dtype
+        st_t = torch.tensor(st, device=dev)
+        own_t, oth_t = torch.tensor(own, device=dev), torch.tensor(oth, device=dev)
+        wown_t = torch.tensor(wown, dtype=dt, device=dev)
+        woth_t = torch.tensor(woth, dtype=dt, device=dev)
+        Y = sw.Y[st_t]
+        Lam = sw.Lam[st_t]
+        wst = sw.weights[st_t]
+        Bsz = sw.batch
+        omega = grid.weights.to(dt)
+        with torch.no_grad():
+            A0, b0 = _knot_matrices(ctrl, grid, W0, B0)
+            Aoth = woth_t[:, None, None] * A0[oth_t]
+            both = woth_t[:, None] * b0[oth_t]
+            Aold = wown_t[:, None, None] * A0[own_t] + Aoth
+            bold = wown_t[:, None] * b0[own_t] + both
+            Fold = dyn.reaction_batched(Y, Aold, bold)
+            P = -Bsz * Lam / wst[:, None, None]
+            gold = dyn.vjp_u_batched(Y, Aold, bold, P)
+        rho = self.rho
+        alpha, beta = self.objective.alpha, self.objective.beta
+        M = _mass(ctrl)
+        m, deg = _time_mass_diag(ctrl)
+        cj = (alpha * m + beta * deg / (ctrl.T / ctrl.intervals)).to(dt).to(dev)
+        W = W0.clone().requires_grad_(True)
+        Bv = B0.clone().requires_grad_(True)
+
+        def objective() -> torch.Tensor:
+            A, b = _knot_matrices(ctrl, grid, W, Bv)
+            Ae = wown_t[:, None, None] * A[own_t] + Aoth
+            be = wown_t[:, None] * b[own_t] + both
+            F = dyn.reaction_batched(Y, Ae, be)
+            val = -(Lam * F).sum()
+            if rho:
+                pf = (((F - Fold) ** 2) * omega).sum((1, 2))
+                g = dyn.vjp_u_batched(Y, Ae, be, P)
+                pg = (((g - gold) ** 2) / omega).sum((1, 2))
+                val = val - 0.5 * rho * (wst * (pf + pg)).sum() / Bsz
+            dW, dB = W - W0, Bv - B0
+            q = (torch.matmul(M, dW) * torch.matmul(dW, M)).sum((1, 2)) + ((dB @ M) * dB).sum(1)
+            val = val - (gRw * dW).sum() - (gRb * dB).sum() - 0.5 * (cj * q).sum()
+            return val
+
+        with torch.no_grad():
+            v0 = float(objective())
+        if self.inner_solver == "adam":
+            opt = torch.optim.Adam([W, Bv], lr=self.inner_lr)
+            for _ in range(self.inner_steps):
+                opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss = -objective()
+                    loss.backward()
+                opt.step()
+        else:
+            opt = torch.optim.LBFGS([W, Bv], lr=1.0, max_iter=self.inner_steps,
+                                    history_size=10, line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss = -objective()
+                    loss.backward()
+                return loss
+
+            opt.step(closure)
+        with torch.no_grad():
+            v1 = float(objective())
+        return W.detach(), Bv.detach(), v1 - v0
+
+    # -- one iteration --------------------------------------------------------------------
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> MSAStep:
+        """One MSA iteration on the batch (inputs, targets); returns its record."""
+        net, obj = self.net, self.objective
+        ctrl = net.controls
+        x = torch.as_tensor(inputs)
+        y = torch.as_tensor(targets)
+        with torch.enable_grad():
+            sw = forward_sweep(net, x, self.disc)
+            with torch.no_grad():
+                out = net.readout(sw.uT, sw.grid)
+                Rv = float(obj.regularization(net))
+                J0 = float(data_loss(out, y, obj.loss)) + Rv
+            self._readout_update(sw.uT.detach(), y, sw.grid)
+            costate_sweep(sw, y, obj.loss)
+        J1 = sw.loss + Rv
+        gRw, gRb = self._reg_gradient()
+        gw = (sw.grads.get("controls.w") if sw.grads.get("controls.w") is not None
+              else torch.zeros_like(ctrl.w)) + gRw
+        gb = (sw.grads.get("controls.b") if sw.grads.get("controls.b") is not None
+              else torch.zeros_like(ctrl.b)) + gRb
+        gnorm = float(torch.sqrt((gw ** 2).sum() + (gb ** 2).sum()))
+        W0, B0 = ctrl.w.detach().clone(), ctrl.b.detach().clone()
+        Wn, Bn, gain = self._maximize(sw, gRw, gRb)
+        step_norm = float(torch.sqrt(((Wn - W0) ** 2).sum() + ((Bn - B0) ** 2).sum()))
+        with torch.no_grad():
+            ctrl.w.copy_(Wn)
+            ctrl.b.copy_(Bn)
+        J2 = self._J(x, y)
+        accepted = math.isfinite(J2) and J2 < J1
+        fallback = False
+        if accepted:
+            if self.adapt_rho:
+                self.rho = max(self.rho_min, 0.9 * self.rho)
+        else:
+            fallback = True
+            self.fallbacks += 1
+            if self.adapt_rho:
+                self.rho = max(2.0 * self.rho, 1e-3)
+            J2 = self._fallback(x, y, W0, B0, gw, gb, gnorm, step_norm, J1)
+        # remaining parameters (learnable lifting): one gradient step
+        if self.others and self.other_optimizer is not None:
+            self.other_optimizer.zero_grad(set_to_none=True)
+            for n, p in net.named_parameters():
+                if any(p is o for o in self.others) and sw.grads.get(n) is not None:
+                    p.grad = sw.grads[n].detach().clone()
+            self.other_optimizer.step()
+            self.other_optimizer.zero_grad(set_to_none=True)
+        self.iterations += 1
+        rec = MSAStep(J0, J1, J2, accepted, fallback, self.rho, gnorm, step_norm, gain)
+        self.history.append(rec)
+        return rec
+
+    def _fallback(self, x, y, W0, B0, gw, gb, gnorm, step_norm, J1) -> float:
+        """Armijo backtracking along −∇J from the old controls; returns the new J."""
+        ctrl = self.net.controls
+        if gnorm == 0.0 or not math.isfinite(gnorm):
+            with torch.no_grad():
+                ctrl.w.copy_(W0)
+                ctrl.b.copy_(B0)
+            self.rejected += 1
+            return J1
+        eta = (step_norm if step_norm > 0 and math.isfinite(step_norm) else 1.0) / gnorm
+        for _ in range(12):
+            with torch.no_grad():
+                ctrl.w.copy_(W0 - eta * gw)
+                ctrl.b.copy_(B0 - eta * gb)
+            J = self._J(x, y)
+            if math.isfinite(J) and J <= J1 - 1e-4 * eta * gnorm ** 2:
+                return J
+            eta *= 0.5
+        with torch.no_grad():
+            ctrl.w.copy_(W0)
+            ctrl.b.copy_(B0)
+        self.rejected += 1
+        return J1
+
+    def run(self, inputs, targets, iterations: int = 50, tol: float = 1e-8) -> list[MSAStep]:
+        """Iterate :meth:`step` on one batch until ``iterations`` or a relative decrease of J
+        below ``tol`` (convergence monitoring); returns the records of this call."""
+        recs = []
+        for _ in range(iterations):
+            r = self.step(inputs, targets)
+            recs.append(r)
+            if abs(r.J_before - r.J_after) <= tol * max(1.0, abs(r.J_before)):
+                break
+        return recs
+
+    def state(self) -> dict:
+        return {"msa_rho": self.rho, "msa_iterations": self.iterations,
+                "msa_fallbacks": self.fallbacks, "msa_rejected": self.rejected}
+
+    def load_state(self, d: dict) -> None:
+        self.rho = float(d.get("msa_rho", self.rho))
+        self.iterations = int(d.get("msa_iterations", 0))
+        self.fallbacks = int(d.get("msa_fallbacks", 0))
+        self.rejected = int(d.get("msa_rejected", 0))
+
+
+# ------------------------------------------------------------------------------------------
+# trainer
+
+
+class MSATrainer(Trainer):
+    """:class:`~pdenets.training.Trainer` whose epoch is a pass of MSA iterations over
+    minibatches of ``train.batch_size`` (``train.method = "msa"``).
+
+    Options: ``train.msa_rho``, ``msa_inner_steps``, ``msa_inner_lr``, ``msa_inner_solver``,
+    ``msa_readout_steps``, ``msa_adapt_rho``. The per-epoch history records carry
+    ``msa_iterations``, ``msa_fallbacks`` (cumulative), ``msa_epoch_fallbacks``, ``msa_rho``
+    and ``grad_norm``; the final metrics carry the totals. ``train.gradient`` is not used (the
+    costate is the discrete one of the recorded sweep); the learnable lifting, if any, is
+    stepped with the trainer's Adam optimizer (``train.lr``), which is checkpointed.
+    """
+
+    def __init__(self, cfg, ds, net=None, **kwargs) -> None:
+        super().__init__(cfg, ds, net, **kwargs)
+        t = cfg.train
+        self.msa = MSA(self.net, self.objective, rho=t.msa_rho, inner_steps=t.msa_inner_steps,
+                       inner_lr=t.msa_inner_lr,
+                       inner_solver=getattr(t, "msa_inner_solver", "lbfgs"),
+                       readout_steps=getattr(t, "msa_readout_steps", 10),
+                       adapt_rho=getattr(t, "msa_adapt_rho", True), disc=self.disc,
+                       other_optimizer=self.optimizer)
+        self._epoch_extra: dict = {}
+        self.method_step = self._epoch_msa
+
+    def _epoch_msa(self) -> float:
+        x, y = self.data["train"]
+        n = len(x)
+        total = 0.0
+        f0 = self.msa.fallbacks
+        gn = []
+        for idx in self.minibatches():
+            r = self.msa.step(x[idx], y[idx])
+            total += r.J_after * len(idx)
+            gn.append(r.grad_norm)
+        self._epoch_extra = {**self.msa.state(), "msa_epoch_fallbacks": self.msa.fallbacks - f0,
+                             "grad_norm": sum(gn) / max(len(gn), 1)}
+        return total / n
+
+    def epoch_record(self) -> dict:
+        extra, self._epoch_extra = self._epoch_extra, {}
+        return extra
+
+    def load_checkpoint(self, path) -> None:
+        super().load_checkpoint(path)
+        if self.history:
+            self.msa.load_state(self.history[-1])
+
+    def _result(self, stopped: bool):
+        res = super()._result(stopped)
+        res.metrics.update(self.msa.state())
+        return res
