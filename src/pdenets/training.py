@@ -605,9 +605,10 @@ def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
     """
     t_start = time.perf_counter()
     out = Path(out)
-    work = _partial(out)
-    ckpt = work / "checkpoint.safetensors"
     target = Output(out, "train", overwrite=overwrite)
+    target.check_target()
+    work = _partial(target.path)
+    ckpt = work / "checkpoint.safetensors"
     with target.claim(also=[work]):
         fresh = True
         if resume:
