@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -49,6 +48,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ._outputs import atomic_write_bytes  # noqa: F401 - re-exported (moved to _outputs)
 from .activations import Activation
 from .controls import GridControls
 from .dynamics import make_dynamics
@@ -62,25 +62,6 @@ from .readout import CellAverageReadout, LinearReadout
 FORMAT = "pdenets-model"
 VERSION = 1
 MAX_FILE_BYTES = 2**31
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (same-directory temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def network_tensors(net: ContinuumNetwork) -> dict[str, torch.Tensor]:

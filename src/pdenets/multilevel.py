@@ -259,13 +259,15 @@ class MultilevelTrainer(Trainer):
         path = Path(path)
         if not path.is_file():
             raise PdenetsError(f"checkpoint {str(path)!r} does not exist")
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            head = json.loads(f.read(n))
-        try:
+        try:  # the level of the saved epoch; a damaged file is reported by the base class
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                if n > path.stat().st_size - 8:
+                    raise ValueError("truncated header")
+                head = json.loads(f.read(n))
             info = json.loads(head["__metadata__"]["pdenets"])
             epoch = int(info["epoch"])
-        except (KeyError, ValueError, TypeError):
+        except (OSError, KeyError, ValueError, TypeError, AttributeError):
             epoch = 0
         level = self.level_of_epoch(epoch - 1) if epoch > 0 else 0
         if level != self.level:

@@ -15,10 +15,10 @@ the data-shuffling generator and the history are all restored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,12 +30,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ._outputs import MARKER, Output, atomic_write_bytes, is_temp_name, remove_temp_files
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint
 from .config import Config, load_config
 from .data import Dataset, load_dataset_config, random_affine
 from .errors import ConfigError, ModelFileError, PdenetsError
 from .integrators import make_solver
-from .modelfile import atomic_write_bytes, save_model
+from .modelfile import save_model
 from .network import ContinuumNetwork, Discretization
 from .objective import Objective, data_loss
 
@@ -234,6 +235,7 @@ class Trainer:
         self.best: dict = {"epoch": -1, "val_accuracy": -math.inf, "val_loss": math.inf}
         self.best_state = self._snapshot()
         self.stale = 0
+        self.stopped = False  # early stopping triggered (saved in checkpoints)
         self.kept_epoch = 0
         self.data = {s: ds.tensors(s, self.dtype, self.device) for s in ("train", "val", "test")}
         self.method_step: Callable[[], float] | None = None
@@ -358,14 +360,17 @@ class Trainer:
         tensors["rng.shuffle"] = self.generator.get_state()
         info = {
             "format": "pdenets-checkpoint", "version": 1, "epoch": self.epoch,
-            "best": self.best, "stale": self.stale, "history": self.history,
+            "best": self.best, "stale": self.stale, "stopped": self.stopped,
+            "history": self.history,
             "param_groups": sd["param_groups"], "opt_meta": meta,
             "config": self.cfg.to_dict(),
         }
-        atomic_write_bytes(path, st_save(tensors, metadata={"pdenets": json.dumps(info)}))
+        atomic_write_bytes(path, st_save(tensors, metadata={"pdenets": json.dumps(info)}),
+                           make_parents=False)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restore the state written by :meth:`save_checkpoint`."""
+        """Restore the state written by :meth:`save_checkpoint` (a damaged or foreign file
+        raises :class:`~pdenets.errors.ModelFileError`)."""
         path = Path(path)
         if not path.is_file():
             raise PdenetsError(f"checkpoint {str(path)!r} does not exist")
@@ -376,7 +381,7 @@ class Trainer:
             info = json.loads(json.loads(data[8:8 + n])["__metadata__"]["pdenets"])
         except (SafetensorError, ValueError, KeyError, TypeError) as e:
             raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: {e}") from None
-        if info.get("format") != "pdenets-checkpoint":
+        if not isinstance(info, dict) or info.get("format") != "pdenets-checkpoint":
             raise ModelFileError(f"{str(path)!r} is not a pdenets checkpoint")
         try:
             self.net.load_state_dict({k[6:]: v for k, v in tensors.items()
@@ -385,12 +390,13 @@ class Trainer:
                                if k.startswith("best.")}
             state = _unpack_state("opt", tensors, info["opt_meta"], self.device)
             self.optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-        except (RuntimeError, ValueError, KeyError) as e:
+            self.generator.set_state(tensors["rng.shuffle"])
+            self.epoch, self.best, self.stale = int(info["epoch"]), info["best"], info["stale"]
+            self.stopped = bool(info.get("stopped", False))
+            self.history = list(info["history"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelFileError(f"checkpoint {str(path)!r} does not match this model: {e}") \
                 from None
-        self.generator.set_state(tensors["rng.shuffle"])
-        self.epoch, self.best, self.stale = info["epoch"], info["best"], info["stale"]
-        self.history = info["history"]
 
     # -- main loop --------------------------------------------------------------------------
     def fit(self, max_epochs: int | None = None,
@@ -400,7 +406,8 @@ class Trainer:
         ``max_epochs`` stops after that many more epochs (as an interruption would: the
         schedule still refers to ``train.epochs``), leaving a resumable checkpoint.
         ``restore_best`` (default: ``train.keep == "best"``) restores the controls of the epoch
-        with the lowest validation loss; otherwise the last iterate is kept."""
+        with the lowest validation loss; otherwise the last iterate is kept. Early stopping is
+        part of the checkpointed state: a run resumed after its stop trains no further."""
         if restore_best is None:
             restore_best = self.cfg.train.keep == "best"
         cfg = self.cfg
@@ -418,9 +425,11 @@ class Trainer:
             for rec in self.history:
                 log.write(json.dumps(rec) + "\n")
             log.flush()
-        stopped = False
+        if t.patience and self.stale >= t.patience:
+            self.stopped = True  # (checkpoints written before the stop was saved in them)
+        stopped = self.stopped
         try:
-            while self.epoch < stop_at:
+            while not stopped and self.epoch < stop_at:
                 for g in self.optimizer.param_groups:
                     g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(cfg, self.epoch)
                 t0 = time.perf_counter()
@@ -460,12 +469,12 @@ class Trainer:
                     if self.objective.loss == "cross_entropy":
                         post["val_acc"] = f"{100 * val['accuracy']:.2f}%"
                     bar.set_postfix(post)
-                if self.checkpoint_path is not None and (
-                        self.epoch % t.checkpoint_every == 0 or self.epoch == stop_at):
-                    self.save_checkpoint(self.checkpoint_path)
                 if t.patience and self.stale >= t.patience:
-                    stopped = True
-                    break
+                    self.stopped = stopped = True
+                if self.checkpoint_path is not None and (
+                        self.epoch % t.checkpoint_every == 0 or self.epoch == stop_at
+                        or stopped):
+                    self.save_checkpoint(self.checkpoint_path)
         finally:
             if bar is not None:
                 bar.close()
@@ -512,67 +521,150 @@ def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+#: files a training run writes into its work directory (plots come from ``plot_run``)
+RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors",
+             "metrics.json")
+
+
+def resolved_config(cfg: Config, ds: Dataset) -> Config:
+    """``cfg`` with ``model.width`` and ``model.control_size`` = 0 ("automatic") replaced by
+    the values :func:`default_sizes` resolves them to (when one number per axis states them;
+    a non-square image grid keeps 0 = the pixel grid). Training the result builds the same
+    network."""
+    import copy
+
+    width, ctrl = default_sizes(cfg, ds)
+    res = copy.deepcopy(cfg)
+    if len(set(width)) == 1:
+        res.model.width = int(width[0])
+    if len(set(ctrl)) == 1:
+        res.model.control_size = int(ctrl[0])
+    return res
+
+
+def checkpoint_config(path: Path) -> Config:
+    """The configuration stored in the checkpoint ``path``; a damaged checkpoint raises
+    :class:`~pdenets.errors.ModelFileError`."""
+    try:
+        with open(path, "rb") as f:
+            if int.from_bytes(f.read(8), "little") > path.stat().st_size - 8:
+                raise ValueError("truncated header")
+        head = json.loads(_header(path))
+        saved = json.loads(head["__metadata__"]["pdenets"])["config"]
+        if not isinstance(saved, dict):
+            raise TypeError("config is not a table")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MemoryError,
+            OverflowError) as e:
+        raise ModelFileError(
+            f"checkpoint {str(path)!r} is damaged ({type(e).__name__}: {e}); cannot resume — "
+            f"run without --resume to start the run afresh") from None
+    return load_config(None, _flatten(saved))
+
+
+def _clear_work(work: Path, shown: str) -> None:
+    """Remove the files of an earlier, unfinished run from its work directory ``work``
+    (``OUT.partial``); refuse when it holds files a training run does not write."""
+    if not work.exists():
+        return
+    if not work.is_dir():
+        raise PdenetsError(f"{str(work)!r} exists and is not a directory; move it away to "
+                           f"train into {shown!r}")
+    foreign = []
+    for e in sorted(os.listdir(work)):
+        if (e in RUN_FILES or e == MARKER or e.endswith(".png") or is_temp_name(e)) \
+                and (work / e).is_file():
+            (work / e).unlink()
+        else:
+            foreign.append(e)
+    if foreign:
+        raise PdenetsError(f"{str(work)!r} (the work directory of an unfinished run) holds "
+                           f"files a training run does not write ({', '.join(foreign[:3])}); "
+                           f"move them away")
+
+
 def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
-                 progress: bool = True, plots: bool = True) -> dict:
+                 progress: bool = True, plots: bool = True, overwrite: bool = False) -> dict:
     """Train as configured and write the results directory ``out``.
 
+    Before it computes, the run claims ``out`` (:class:`pdenets._outputs.Output`): it refuses
+    the current directory and its ancestors, an existing file, and an existing non-empty
+    directory that is not an earlier ``pdenets train`` output (unless ``overwrite``), and it
+    locks ``OUT`` and ``OUT.partial`` so that a second run on the same output fails at once.
+
     The run works in ``OUT.partial/`` (resolved ``config.toml``, ``metrics.jsonl``, the
-    resumable ``checkpoint.safetensors``) and only when everything is written — the model file
-    ``model.safetensors``, plots, and ``metrics.json`` last — is it renamed to ``OUT``. A failed
-    or interrupted run therefore never leaves a directory that looks complete; its ``.partial``
-    directory can be resumed with ``resume=True`` (``pdenets train --resume``).
+    resumable ``checkpoint.safetensors``, written before the first epoch and after every
+    ``train.checkpoint_every`` epochs and at an early stop) and only when everything is
+    written — the model file ``model.safetensors``, plots, and ``metrics.json`` last — is it
+    renamed to ``OUT`` (or, when ``OUT`` exists, its files are moved into it; other files in
+    ``OUT`` stay). A failed or interrupted run therefore never leaves a directory that looks
+    complete; ``resume=True`` (``pdenets train --resume``) continues it exactly as the
+    uninterrupted run would have gone on, whatever the point of interruption; a run killed
+    before its first checkpoint starts afresh.
 
     Returns the metrics (also in ``metrics.json``), with ``wall_seconds`` and ``out``.
     """
     t_start = time.perf_counter()
     out = Path(out)
-    work = _partial(out)
+    target = Output(out, "train", overwrite=overwrite)
+    target.check_target()
+    work = _partial(target.path)
     ckpt = work / "checkpoint.safetensors"
-    if resume:
-        if not ckpt.is_file():
-            raise PdenetsError(f"nothing to resume: {str(ckpt)!r} does not exist")
-        saved = json.loads(json.loads(_header(ckpt))["__metadata__"]["pdenets"])["config"]
-        cfg = load_config(None, _flatten(saved))
-    ds = load_dataset_config(cfg.data)
-    torch.manual_seed(cfg.seed)
-    trainer = make_trainer(cfg, ds, checkpoint_path=ckpt, log_path=work / "metrics.jsonl",
-                           progress=progress)
-    try:
-        if not resume:
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir(parents=True)
-        (work / "probe").write_text("")
-        (work / "probe").unlink()
-    except OSError as e:
-        raise PdenetsError(f"cannot write output directory {str(out)!r}: "
-                           f"{e.strerror or e}") from None
-    atomic_write_bytes(work / "config.toml", cfg.to_toml().encode())
-    if resume:
-        trainer.load_checkpoint(ckpt)
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        print(f"interrupted: partial run kept in {work} (resume with --resume)", file=sys.stderr)
-        raise
-    extra = {"data": dataclass_dict(cfg.data), "preprocess": ds_preprocess(ds),
-             "metrics": result.metrics, "task": ds.task}
-    save_model(result.net, work / "model.safetensors", extra=extra)
-    if plots:
-        from .plotting import plot_run
+    with target.claim(also=[work]):
+        fresh = True
+        if resume:
+            if not work.is_dir():
+                raise PdenetsError(f"nothing to resume: {str(work)!r} does not exist")
+            remove_temp_files(work)
+            if ckpt.is_file():
+                cfg = checkpoint_config(ckpt)
+                fresh = False
+            else:
+                print(f"no checkpoint in {str(work)!r} (the run was interrupted before its "
+                      f"first one): starting the run afresh", file=sys.stderr)
+        ds = load_dataset_config(cfg.data)
+        torch.manual_seed(cfg.seed)
+        trainer = make_trainer(cfg, ds, checkpoint_path=ckpt, log_path=work / "metrics.jsonl",
+                               progress=progress)
+        if fresh:
+            _clear_work(work, str(out))
+        else:
+            trainer.load_checkpoint(ckpt)
+        try:
+            work.mkdir(exist_ok=True)
+        except OSError as e:
+            raise PdenetsError(f"cannot write output directory {str(out)!r}: "
+                               f"{e.strerror or e}") from None
+        atomic_write_bytes(work / "config.toml", resolved_config(cfg, ds).to_toml().encode(),
+                           make_parents=False)
+        if fresh:
+            trainer.save_checkpoint(ckpt)  # epoch 0: a run killed in epoch 1 resumes exactly
+        try:
+            result = trainer.fit()
+        except KeyboardInterrupt:
+            print(f"interrupted: partial run kept in {work} (resume with --resume)",
+                  file=sys.stderr)
+            raise
+        extra = {"data": dataclass_dict(cfg.data), "preprocess": ds_preprocess(ds),
+                 "metrics": result.metrics, "task": ds.task}
+        save_model(result.net, work / "model.safetensors", extra=extra)
+        files = list(RUN_FILES)
+        if plots:
+            from .plotting import plot_run
 
-        plot_run(work, result.net, ds, result.history, cfg)
-    metrics = dict(result.metrics)
-    metrics["wall_seconds"] = time.perf_counter() - t_start
-    metrics["out"] = str(out)
-    atomic_write_bytes(work / "metrics.json", json.dumps(metrics, indent=2).encode())
-    if out.exists():
-        trash = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, trash)
-        os.replace(work, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(work, out)
+            files += plot_run(work, result.net, ds, result.history, cfg)
+        metrics = dict(result.metrics)
+        metrics["wall_seconds"] = time.perf_counter() - t_start
+        metrics["out"] = str(out)
+        atomic_write_bytes(work / "metrics.json", json.dumps(metrics, indent=2).encode(),
+                           make_parents=False)
+        # the checkpoint moves last: a run killed while its files move into an existing OUT
+        # can still be resumed (it then only rewrites its results)
+        target.commit(work, files=files, last=("checkpoint.safetensors",))
+        if work.is_dir():
+            remove_temp_files(work)
+            with contextlib.suppress(OSError):
+                (work / MARKER).unlink(missing_ok=True)
+                work.rmdir()
     return metrics
 
 

@@ -7,8 +7,10 @@ Conventions shared by all commands:
   ``pdenets: error: ...`` message on stderr and exits with status 2;
 * a command that reports figures accepts ``--json`` and then prints exactly one JSON object on
   stdout (progress and messages go to stderr);
-* output files are written atomically, into a temporary directory that is renamed into place
-  when complete, so a failed command leaves no partial output.
+* output files are written atomically, into a temporary directory whose files are moved into
+  ``--out`` when complete, so a failed command leaves no partial output; ``--out`` is checked
+  and locked before the command computes, and files pdenets did not write are never removed
+  (see :mod:`pdenets._outputs`).
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ._common import claimed_output
+
     try:
-        return int(args.func(args) or 0)
+        with claimed_output(args):  # check, lock and probe --out before computing
+            return int(args.func(args) or 0)
     except PdenetsError as e:
         print(f"pdenets: error: {e}", file=sys.stderr)
         return 2

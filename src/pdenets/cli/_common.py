@@ -1,18 +1,18 @@
-"""Private helpers shared by CLI commands: JSON output, atomic output directories, inputs."""
+"""Private helpers shared by CLI commands: JSON output, output directories, inputs."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .._outputs import Output
 from ..errors import PdenetsError
 
 
@@ -38,37 +38,71 @@ def add_json_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-@contextlib.contextmanager
-def atomic_directory(out: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``out`` atomically.
+def add_out_arguments(p: argparse.ArgumentParser, default: str | None, *, claim: bool = True,
+                      help: str | None = None) -> None:
+    """``--out DIR`` (default ``default``) and ``--overwrite`` for a command that writes files.
 
-    On any exception the temporary directory is removed and ``out`` is left untouched, so a
-    failed command never leaves a directory that looks complete.
+    With ``claim`` (the default), :func:`claimed_output` checks, locks and probes ``--out``
+    before the command computes (see :mod:`pdenets._outputs`); commands whose default output
+    is only known later (``train``, ``plot``) pass ``claim=False`` and claim it themselves.
     """
-    out = Path(out)
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as e:
-        raise PdenetsError(f"cannot write output directory {str(out)!r}: {e.strerror}") from None
-    try:
+    p.add_argument("--out", default=default,
+                   help=help or f"output directory (default: {default})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing directory that pdenets did not create for this "
+                   "command; only pdenets' own files in it are replaced, other files stay")
+    p.set_defaults(_out_command=command_name(p) if claim else None)
+
+
+def command_name(p: argparse.ArgumentParser) -> str:
+    """The command of a sub-parser as recorded in output markers, e.g. ``"analyze hessian"``."""
+    return " ".join(p.prog.split()[1:]) or p.prog
+
+
+@contextlib.contextmanager
+def claimed_output(args) -> Iterator[None]:
+    """Claim the ``--out`` of a command registered with :func:`add_out_arguments` (safe
+    target, lock, writable probe) for the duration of the command; a no-op for others."""
+    command = getattr(args, "_out_command", None)
+    out = getattr(args, "out", None)
+    if command is None or out is None:
+        yield
+        return
+    target = Output(out, command, overwrite=getattr(args, "overwrite", False))
+    with target.claim():
+        args._output = target
+        try:
+            yield
+        finally:
+            del args._output
+
+
+@contextlib.contextmanager
+def output_directory(args, out: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yield a temporary directory for the command's output files; on success they are
+    committed into ``out`` (default ``args.out``) without touching files pdenets did not
+    write; on failure ``out`` is left untouched (see :mod:`pdenets._outputs`)."""
+    out = args.out if out is None else out
+    target = getattr(args, "_output", None)
+    if target is not None and target.path == Path(os.path.abspath(out)).resolve():
+        with target.staging() as tmp:
+            yield tmp
+        return
+    command = getattr(args, "_out_command", None) or getattr(args, "command", None) or "pdenets"
+    with atomic_directory(out, overwrite=getattr(args, "overwrite", False),
+                          command=command) as tmp:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the usual directory mode
-        if out.exists():
-            if not overwrite:
-                raise PdenetsError(f"output directory {str(out)!r} already exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike, overwrite: bool = False,
+                     command: str = "pdenets") -> Iterator[Path]:
+    """Claim ``out`` and yield a temporary sibling directory whose files are committed into
+    ``out`` on success (:class:`pdenets._outputs.Output`); on any exception ``out`` is left
+    untouched, so a failed command never leaves a directory that looks complete."""
+    target = Output(out, command, overwrite=overwrite)
+    with target.claim(), target.staging() as tmp:
+        yield tmp
 
 
 def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import PdenetsError
-from ._common import add_json_flag, atomic_directory, emit
+from ._common import add_json_flag, add_out_arguments, emit, output_directory
 
 #: optional sub-sub-command modules ``analyze_<name>``, in --help order
 ANALYZERS = ("stability", "hessian", "controllability", "steady_state", "pmp")
@@ -233,8 +233,8 @@ def add_source_args(p: argparse.ArgumentParser, data_help: str = "data (.npz wit
     p.add_argument("--width", type=int, help="width nodes per axis (default: the model's)")
     p.add_argument("--steps", type=int, help="depth steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="seed of random directions")
-    p.add_argument("--out", help="output directory for plots and report.json "
-                   "(default: analysis-<name>)")
+    add_out_arguments(p, f"analysis-{p.prog.split()[-1]}",
+                      help="output directory for plots and report.json (default: analysis-<name>)")
     add_json_flag(p)
 
 
@@ -313,7 +313,7 @@ def finish(args, name: str, payload: dict, text: str,
     payload["out"] = str(out)
     payload["files"] = ["report.json", *plots]
     payload = _clean(payload)
-    with atomic_directory(out) as tmp:
+    with output_directory(args, out) as tmp:
         for fname, writer in plots.items():
             writer(tmp / fname)
         (tmp / "report.json").write_text(json.dumps(payload, indent=1, default=_jsonable))

@@ -34,7 +34,7 @@ from ..hjb import (
 from ..integrators import make_solver
 from ..modelfile import atomic_write_bytes
 from ..quadrature import make_rule
-from ._common import add_json_flag, atomic_directory, emit, progress
+from ._common import add_json_flag, add_out_arguments, emit, output_directory, progress
 
 _NUM, _INT, _STR, _NUMS, _INTS, _STARTS = "number", "integer", "string", "numbers", "ints", "starts"
 
@@ -70,7 +70,7 @@ def register(sub) -> None:
         "plots into --out.",
     )
     p.add_argument("--config", required=True, help="TOML config file (see docs/hjb.md)")
-    p.add_argument("--out", default="hjb", help="output directory (default: hjb)")
+    add_out_arguments(p, "hjb")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (default 1: the grid is processed in small "
                    "chunks, where extra threads mostly add synchronization; 0 = torch default)")
@@ -279,7 +279,7 @@ def run(args) -> int:
         "memory_estimate_bytes": sol.stats["memory_estimate"],
         "problem": problem.describe(), "grid": grid.describe(),
     }
-    with atomic_directory(args.out) as tmp:
+    with output_directory(args) as tmp:
         _write_npz(tmp / "value.npz", times=sol.times.numpy(), values=sol.values.numpy(),
                    lo=grid.lo.numpy(), hi=grid.hi.numpy(), points=np.asarray(grid.shape),
                    weights=problem.weights.numpy())

@@ -13,7 +13,7 @@ from ..integrators import SOLVERS, make_solver
 from ..modelfile import atomic_write_bytes, load_model
 from ..network import Discretization
 from ..quadrature import RULES, make_rule
-from ._common import add_json_flag, atomic_directory, emit, load_array
+from ._common import add_json_flag, add_out_arguments, emit, load_array, output_directory
 
 
 def register(sub) -> None:
@@ -35,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--atol", type=float, default=1e-8, help="dopri5 absolute tolerance")
     p.add_argument("--saves", type=int, default=33, help="number of saved depths (>= 2)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
-    p.add_argument("--out", default="simulation", help="output directory (default: simulation)")
+    add_out_arguments(p, "simulation")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -83,7 +83,7 @@ def run(args) -> int:
     u = sol.us.cpu().numpy()
     nodes = sol.grid.nodes.cpu().numpy()
     outputs = sol.outputs.cpu().numpy()
-    with atomic_directory(args.out) as tmp:
+    with output_directory(args) as tmp:
         buf = io.BytesIO()
         np.savez(buf, u=u, t=np.asarray(sol.ts), nodes=nodes,
                  weights=sol.grid.weights.cpu().numpy(), outputs=outputs,

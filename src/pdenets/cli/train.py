@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import load_config
-from ._common import add_json_flag, emit
+from ._common import add_json_flag, add_out_arguments, emit
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="TOML configuration file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.method=lbfgs (repeatable)")
-    p.add_argument("--out", default=None, help="results directory (default: runs/<dataset>)")
+    add_out_arguments(p, None, claim=False, help="results directory (default: runs/<dataset>)")
     p.add_argument("--resume", action="store_true",
                    help="resume the interrupted run in OUT.partial from its checkpoint")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -34,7 +34,7 @@ def run(args) -> int:
     cfg = load_config(args.config, args.set)
     out = args.out or str(Path("runs") / Path(cfg.data.name).stem)
     m = run_training(cfg, out, resume=args.resume, progress=not (args.quiet or args.json),
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, overwrite=args.overwrite)
     acc = m["test_accuracy"]
     line = (f"{m['dataset']}: test accuracy {100 * acc:.2f}%, " if acc == acc else
             f"{m['dataset']}: ") + (
