@@ -422,6 +422,11 @@ def test_metadata_reader(tmp_path):
         modelfile.read_safetensors_metadata(tmp_path / "nope")
     with pytest.raises(ModelFileError, match="not a regular file"):
         modelfile.read_safetensors_metadata(tmp_path)
+    with pytest.raises(ModelFileError, match="^checkpoint .* corrupt"):
+        modelfile.read_safetensors_metadata(p, what="checkpoint")
+    for odd in ("a\0b", "x" * 5000):
+        with pytest.raises(ModelFileError):
+            pn.load_model(odd)
 
 
 def test_large_but_sane_metadata_and_values_load():

@@ -172,27 +172,33 @@ def save_model(net: ContinuumNetwork, path: str | os.PathLike, extra: dict | Non
 
 # -- reading --------------------------------------------------------------------------------
 
-def _regular_file(path: str | os.PathLike) -> Path:
+def _regular_file(path: str | os.PathLike, what: str = "model file") -> Path:
     """``path`` as a :class:`Path`, after checking that it is an existing regular file of at
     most ``MAX_FILE_BYTES`` bytes."""
     path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"model file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ModelFileError(f"model file {str(path)!r} is not a regular file")
-    size = path.stat().st_size
+    try:
+        if not path.exists():
+            raise ModelFileError(f"{what} {str(path)!r} does not exist")
+        if not path.is_file():
+            raise ModelFileError(f"{what} {str(path)!r} is not a regular file")
+        size = path.stat().st_size
+    except (OSError, ValueError) as e:  # a name too long, with a NUL byte, unreadable...
+        if isinstance(e, ModelFileError):
+            raise
+        raise ModelFileError(f"{what} {str(path)[:200]!r} cannot be read: {e}") from None
     if size > MAX_FILE_BYTES:
-        raise ModelFileError(f"model file {str(path)!r} is too large ({size} bytes; the limit "
+        raise ModelFileError(f"{what} {str(path)!r} is too large ({size} bytes; the limit "
                              f"is {MAX_FILE_BYTES})")
     return path
 
 
-def _corrupt(path: Path, e: BaseException) -> ModelFileError:
+def _corrupt(path: Path, e: BaseException, what: str = "model file") -> ModelFileError:
     msg = " ".join(str(e).split()) or type(e).__name__
-    return ModelFileError(f"model file {str(path)!r} is corrupt or truncated: {msg}")
+    return ModelFileError(f"{what} {str(path)!r} is corrupt or truncated: {msg}")
 
 
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+def read_safetensors_metadata(path: str | os.PathLike, what: str = "model file"
+                              ) -> dict[str, str]:
     """The header metadata (``__metadata__``) of a safetensors file, ``{}`` when it has none.
 
     The one reader of safetensors headers in pdenets (model files and checkpoints). It relies on
@@ -201,17 +207,23 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     (a forged header length or shape is an error, not an allocation); the file must be a
     regular file of at most ``MAX_FILE_BYTES`` bytes.
 
+    Parameters
+    ----------
+    path : path-like
+    what : str
+        How error messages name the file (e.g. ``"checkpoint"``).
+
     Raises
     ------
     ModelFileError
         For a missing, non-regular, too large, truncated or corrupt file.
     """
-    path = _regular_file(path)
+    path = _regular_file(path, what)
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise _corrupt(path, e) from None
+        raise _corrupt(path, e, what) from None
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -271,7 +283,7 @@ def _number(d: dict, key: str, where: str, lo: float, hi: float, *, open_lo: boo
     v = _get(d, key, int if integer else float, where)
     if not ((lo < v if open_lo else lo <= v) and v <= hi):
         interval = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
-        raise ModelFileError(f"model file: {where}.{key} = {v!r} is outside {interval}")
+        raise ModelFileError(f"model file: {where}.{key} = {v!r} is out of range {interval}")
     return v
 
 
@@ -321,8 +333,8 @@ def _check_sizes_against_tensors(cmeta, lmeta, rmeta, dim, tensors) -> None:
         t = tensors.get(name)
         return -1 if t is None else t.numel()
 
-    size = _grid_size(cmeta, "size", "controls", dim, MAX_CONTROL_NODES)
-    intervals = _number(cmeta, "intervals", "controls", 1, MAX_STEPS, integer=True)
+    size = _int_list(cmeta.get("size"), "controls.size", dim)
+    intervals = _number(cmeta, "intervals", "controls", 1, math.inf, integer=True)
     K = intervals + (1 if cmeta.get("time_basis") == "linear" else 0)
     nc = math.prod(size)
     if numel("controls.w") != K * nc * nc or numel("controls.b") != K * nc:
@@ -330,6 +342,8 @@ def _check_sizes_against_tensors(cmeta, lmeta, rmeta, dim, tensors) -> None:
             f"model file: tensors controls.w/controls.b do not hold the {K}×{nc}×{nc} and "
             f"{K}×{nc} values that controls.size/intervals describe"
         )
+    _grid_size(cmeta, "size", "controls", dim, MAX_CONTROL_NODES)
+    _number(cmeta, "intervals", "controls", 1, MAX_STEPS, integer=True)
     if rmeta.get("kind") == "linear":
         m = _number(rmeta, "outputs", "readout", 1, MAX_OUTPUTS, integer=True)
         nr = math.prod(_grid_size(rmeta, "size", "readout", dim, MAX_CONTROL_NODES))
