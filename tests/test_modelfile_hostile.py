@@ -357,7 +357,7 @@ def _set(section, key, value):
     (0, _set("discretization", "dim", 1), "discretization.dim"),
     (0, _set("discretization", "width", [64, 65]), "width"),
     (0, _set("lifting", "shape", [2**15, 2**15]), "lifting.shape"),
-    (1, _set("readout", "cells", [13]), "cells contain no"),  # 12 width nodes: an empty cell
+    (1, _set("readout", "cells", [13]), "contain no width node"),  # 12 nodes
     (0, lambda m, t: t.update({"controls.w": t["controls.w"].to(torch.float16)}), "float"),
     (0, lambda m, t: t["readout.c"].view(-1).__setitem__(0, 1e300), "readout.c"),
     (0, lambda m, t: t["controls.b"].view(-1).__setitem__(1, float("inf")), "controls.b"),
@@ -405,6 +405,24 @@ def test_blow_up_at_the_files_own_discretization_rejected():
         m["dynamics"]["eps"] = 10.0
         m["discretization"]["solver"] = {"name": "rk4"}
     _rejected(_edit(2, unstable), "stability")
+
+
+def test_probe_runs_for_small_networks_only(tmp_path, monkeypatch):
+    calls = []
+    solve = pn.ContinuumNetwork.solve
+    monkeypatch.setattr(pn.ContinuumNetwork, "solve",
+                        lambda self, *a, **k: calls.append(1) or solve(self, *a, **k))
+    p = tmp_path / "m.safetensors"
+    p.write_bytes(base_files()[0])
+    pn.load_model(p)
+    assert len(calls) == 1
+    # 28×28 width, 16×16 controls, 9 knots: the schedule alone costs 1.9e9 > PROBE_WORK
+    big = pn.ContinuumNetwork.create((28, 28), 10, intervals=8, steps=16)
+    assert modelfile._probe_cost(big) > modelfile.PROBE_WORK
+    pn.save_model(big, p)
+    calls.clear()
+    back = pn.load_model(p)
+    assert calls == [] and torch.equal(back.controls.w, big.controls.w)
 
 
 def test_metadata_reader(tmp_path):

@@ -73,12 +73,16 @@ tensors                        float32 or float64, finite, |value| ≤ ``MAX_ABS
                                ``"regression"``) are checked; anything else there is free-form
 =============================  ==================================================================
 
-Finally the loader evaluates the network at its own discretization on two probe inputs (all
-zeros, all ones; a dopri5 solver gets at most ``min(MAX_STEPS, MAX_WORK / (7 (N² + 2¹⁶)))``
-attempted steps for it): a file whose network fails there or gives NaN or Inf (finite but
-exploding weights, an unstable explicit step with ε > 0, a cell-average readout with empty cells)
-is rejected. :func:`read_safetensors_metadata` reads the header metadata of any safetensors file
-(model or checkpoint) with the same safety checks.
+Finally two run-time checks at the file's own discretization: every cell of a cell-average
+readout must contain a width node; and a network whose evaluation costs at most ``PROBE_WORK``
+(2³⁰ multiply-adds, well under a second: K·(N·Nc² + N²·Nc) for the kernel schedule plus
+2 · steps · s · (N² + 2¹⁶), dopri5 counted and capped at ``PROBE_DOPRI5_STEPS`` = 1000
+attempted steps) is evaluated on two probe inputs (all zeros, all ones) and must give finite
+outputs without error — this rejects finite but exploding weights, an explicit step that
+violates the diffusion stability limit, a stiff dopri5 file. Larger networks are not probed
+(the probe would double the cost of a command; their outputs are to be checked where they are
+used). A file failing a check is rejected. :func:`read_safetensors_metadata` reads the header
+metadata of any safetensors file (model or checkpoint) with the same safety checks.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
+from ._basis import cell_index
 from .activations import Activation
 from .controls import GridControls
 from .dynamics import make_dynamics
@@ -123,6 +128,8 @@ MAX_ABS_VALUE = 1e12
 MAX_SAMPLES = 10**7
 RTOL_RANGE = (1e-13, 1.0)
 ATOL_RANGE = (1e-16, 1e6)
+PROBE_WORK = 2**30
+PROBE_DOPRI5_STEPS = 1000
 #: right-hand-side evaluations per step of each solver name (dopri5: per attempted step)
 STAGES = {"euler": 1, "heun": 2, "rk4": 4, "dopri5": 7, "imex-euler": 1, "strang": 2}
 
@@ -574,14 +581,41 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
     return net
 
 
+def _probe_cost(net: ContinuumNetwork) -> int:
+    """Multiply-adds of :func:`_probe` at most (dopri5: ``PROBE_DOPRI5_STEPS`` attempts)."""
+    disc, ctrl = net.discretization, net.controls
+    assert isinstance(ctrl, GridControls)
+    N = math.prod(disc.width.sizes)
+    K, nc = ctrl.n_knots, ctrl.n_control
+    name = disc.solver.name
+    steps = PROBE_DOPRI5_STEPS if name == "dopri5" else disc.steps
+    cost = K * (N * nc * nc + N * N * nc) + 2 * steps * STAGES[name] * (N * N + STAGE_OVERHEAD)
+    if isinstance(net.lifting, LearnableLifting):
+        cost += math.prod(net.lifting.phi.shape) * N
+    if isinstance(net.readout, LinearReadout):
+        cost += math.prod(net.readout.c.shape) * N
+    return int(cost)
+
+
 def _probe(net: ContinuumNetwork) -> None:
-    """Evaluate ``net`` at its own discretization on inputs 0 and 1 (module docstring)."""
+    """The run-time checks of the module docstring: every output cell of a cell-average readout
+    holds a width node; a network of probe cost ≤ ``PROBE_WORK`` evaluates at its own
+    discretization to finite outputs for inputs 0 and 1."""
     disc = net.discretization
+    if isinstance(net.readout, CellAverageReadout):
+        cells = net.readout.cells
+        idx = cell_index(disc.width.grid(torch.float64).nodes, cells)
+        if int((torch.bincount(idx, minlength=math.prod(cells)) == 0).sum()):
+            raise ModelFileError(
+                f"model file: some of the {math.prod(cells)} cells of the cell-average readout "
+                f"contain no width node of the file's discretization "
+                f"({'x'.join(map(str, disc.width.sizes))} {disc.width.name})"
+            )
+    if _probe_cost(net) > PROBE_WORK:
+        return
     solver = copy.copy(disc.solver)
     if hasattr(solver, "max_steps"):  # dopri5: bound the attempted steps of the probe
-        N = math.prod(disc.width.sizes)
-        cap = max(1, min(MAX_STEPS, MAX_WORK // (STAGES["dopri5"] * (N * N + STAGE_OVERHEAD))))
-        solver.max_steps = min(solver.max_steps, cap)
+        solver.max_steps = min(solver.max_steps, PROBE_DOPRI5_STEPS)
     dtype = next(net.parameters()).dtype
     shape = tuple(net.lifting.shape)
     xi = torch.stack([torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)])
