@@ -72,33 +72,13 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = True) -> Iterator
 
 
 def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:
-    """Load a numeric array from ``.npy``, ``.npz`` (first array, or key ``x``/``X``),
-    ``.csv`` or ``.txt``; reject non-numeric and non-finite data with a clear message."""
-    path = Path(path)
-    if not path.is_file():
-        raise PdenetsError(f"{name} file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if not keys:
-                    raise PdenetsError(f"{name} file {str(path)!r} holds no arrays")
-                key = next((k for k in ("x", "X", "inputs") if k in keys), keys[0])
-                arr = z[key]
-        else:
-            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-    except PdenetsError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise PdenetsError(f"cannot read {name} file {str(path)!r}: {e}") from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise PdenetsError(f"{name} file {str(path)!r} is not numeric (dtype {arr.dtype})")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise PdenetsError(f"{name} file {str(path)!r} contains NaN or Inf")
-    return arr
+    """Load a numeric array from ``.npy``, ``.npz`` (key ``x``/``X``/``inputs``, else its only
+    array), ``.csv`` or ``.txt`` with the one hardened reader, :func:`pdenets.data.load_array`
+    (headers checked before loading; complex, non-numeric, empty and non-finite data
+    refused)."""
+    from ..data import load_array as read
+
+    return read(path, name)
 
 
 def progress(msg: str) -> None:

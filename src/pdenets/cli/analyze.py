@@ -13,7 +13,7 @@ other import error propagates) and its ``register(analyze_subparsers)`` is calle
 ``argparse`` sub-parsers object of ``analyze``. A sub-command sets ``func`` (via
 ``set_defaults``) to a callable ``func(args) -> int`` and may use the helpers of this module:
 :func:`add_source_args` / :func:`load_case` (model file or built-in example, ``--data``,
-``--width``, ``--steps``), :func:`load_data` (the one place that reads data files) and
+``--width``, ``--steps``), :func:`load_data` (data files, via :func:`pdenets.data.load_xy`) and
 :func:`finish` (report on stdout — exactly one JSON object with ``--json`` — and plots plus
 ``report.json`` written atomically into ``--out``).
 """
@@ -186,42 +186,11 @@ EXAMPLES: dict[str, Callable[[], Case]] = {
 
 def load_data(path: str, need_targets: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a data file: an ``.npz`` with arrays ``x`` (inputs, ``(K, n)`` or ``(K, p, q)``)
-    and ``y`` (targets, ``(K, m)`` values or ``(K,)`` integer labels).
+    and ``y`` (targets, ``(K, m)`` values or ``(K,)`` integer labels), through the one
+    hardened reader of data files, :func:`pdenets.data.load_xy`."""
+    from ..data import load_xy
 
-    This is the single place where the analyses read data (to be replaced by a dataset
-    registry later).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise PdenetsError(f"data file {path!r} does not exist")
-    if p.suffix != ".npz":
-        raise PdenetsError(f"data file {path!r}: expected an .npz file with arrays x and y")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.keys())
-            if "x" not in keys or (need_targets and "y" not in keys):
-                raise PdenetsError(
-                    f"data file {path!r} must hold arrays 'x' and 'y' (found: "
-                    f"{', '.join(sorted(keys)) or 'none'})"
-                )
-            x = np.asarray(z["x"])
-            y = np.asarray(z["y"]) if "y" in keys else None
-    except PdenetsError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise PdenetsError(f"cannot read data file {path!r}: {e}") from None
-    for name, a in (("x", x), ("y", y)):
-        if a is None:
-            continue
-        if not np.issubdtype(a.dtype, np.number):
-            raise PdenetsError(f"data file {path!r}: {name} is not numeric ({a.dtype})")
-        if not np.isfinite(a).all():
-            raise PdenetsError(f"data file {path!r}: {name} contains NaN or Inf")
-    if x.ndim < 2 or len(x) == 0:
-        raise PdenetsError(f"data file {path!r}: x must have shape (K, ...) with K >= 1")
-    if y is not None and len(y) != len(x):
-        raise PdenetsError(f"data file {path!r}: x has {len(x)} samples but y has {len(y)}")
-    return x.astype(np.float64), y
+    return load_xy(path, "data", need_targets, suffixes=(".npz",))
 
 
 def add_source_args(p: argparse.ArgumentParser, data_help: str = "data (.npz with x, y)") -> None:

@@ -1,0 +1,235 @@
+"""Size limits: memory and time estimates checked before any work is started.
+
+Every size a user can give (depth steps, saved depths, width nodes, samples, batch sizes, grid
+points, the horizon/step ratio of the HJB solver, the shapes in array-file headers, ...) is
+turned into an *estimate* of the memory (bytes) and the work (floating-point operations) it
+implies, and the estimate is compared with two limits before anything is allocated:
+
+* **memory**: :data:`MEMORY_FRACTION` (one half) of the machine's physical memory, as reported
+  by ``os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")`` (8 GiB where that is
+  unavailable);
+* **time**: :data:`TIME_BUDGET_SECONDS` (four hours) at a conservative :data:`FLOP_RATE` of
+  10⁹ floating-point operations per second, i.e. 1.44·10¹³ operations. Every right-hand-side
+  evaluation of the forward problem (MODEL.md §2) is charged its matrix products
+  (2·B·N² for B inputs on N width nodes) plus :data:`EVAL_OVERHEAD_FLOPS` (the Python and
+  dispatch overhead of one evaluation, about 20 µs, expressed in operations at that rate), so a
+  tiny network with 10⁹ depth steps is refused as surely as a huge one.
+
+The estimates are deliberately simple upper-bound-style formulas (documented at each function);
+they decide only whether a run is *absurd*, not how fast it will be. An explicit override skips
+both checks: the ``--allow-large`` option of every command, the environment variable
+``PDENETS_ALLOW_LARGE=1`` (Python API), or the :func:`allow_large` context manager.
+
+A refused size raises :class:`SizeLimitError` naming the option, the estimate and the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import PdenetsError
+
+#: environment variable that disables the size checks (any value but "", "0", "false", "no")
+ENV_VAR = "PDENETS_ALLOW_LARGE"
+#: fraction of the physical memory a single command may plan to use
+MEMORY_FRACTION = 0.5
+#: conservative rate of floating-point operations per second (one CPU core does ~10× more)
+FLOP_RATE = 1e9
+#: wall-clock budget of one command at :data:`FLOP_RATE`
+TIME_BUDGET_SECONDS = 4 * 3600.0
+#: overhead of one right-hand-side evaluation (Python, kernel dispatch), in operations
+EVAL_OVERHEAD_FLOPS = 2e4
+#: the hint appended to every refusal
+HINT = "pass --allow-large (Python API: set PDENETS_ALLOW_LARGE=1) to run it anyway"
+
+_override: contextvars.ContextVar[bool] = contextvars.ContextVar("pdenets_allow_large",
+                                                                  default=False)
+
+
+class SizeLimitError(PdenetsError):
+    """A size whose memory or time estimate exceeds the limits of this module."""
+
+
+# ---------------------------------------------------------------------------------------------
+# limits and the override
+# ---------------------------------------------------------------------------------------------
+def physical_memory() -> int:
+    """Bytes of physical memory (``os.sysconf``), or 8 GiB where it cannot be read."""
+    try:
+        n = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+        if n > 0:
+            return n
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        pass
+    return 8 * 2**30  # pragma: no cover
+
+
+def memory_limit() -> int:
+    """Bytes a command may plan to allocate: :data:`MEMORY_FRACTION` of physical memory."""
+    return int(MEMORY_FRACTION * physical_memory())
+
+
+def flop_budget() -> float:
+    """Floating-point operations a command may plan: the time budget at the rate."""
+    return FLOP_RATE * TIME_BUDGET_SECONDS
+
+
+def override_active() -> bool:
+    """True inside :func:`allow_large` or when ``PDENETS_ALLOW_LARGE`` is set (not 0/false)."""
+    if _override.get():
+        return True
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    return env not in ("", "0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def allow_large(enabled: bool = True) -> Iterator[None]:
+    """Within the block, skip the size checks when ``enabled`` (the ``--allow-large`` option)."""
+    token = _override.set(bool(enabled) or _override.get())
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# estimates
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cost:
+    """An estimate: ``nbytes`` of peak memory and ``flops`` floating-point operations."""
+
+    nbytes: float = 0.0
+    flops: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.nbytes + other.nbytes, self.flops + other.flops)
+
+    def times(self, memory: float = 1.0, work: float = 1.0) -> Cost:
+        """Memory scaled by ``memory``, work by ``work``."""
+        return Cost(self.nbytes * memory, self.flops * work)
+
+
+def solver_stages(solver) -> int:
+    """Right-hand-side evaluations per step of a depth solver (explicit RK: its stages)."""
+    a = getattr(solver, "a", None)
+    return max(1, len(a)) if a else 2
+
+
+def solve_cost(*, nodes: float, batch: float, steps: float, stages: int = 4,
+               knots: float = 2, control_nodes: float = 0, itemsize: int = 8,
+               saves: float = 0, tape: bool = False) -> Cost:
+    """Estimate of one forward solve (MODEL.md §2) of ``batch`` inputs on ``nodes`` width nodes.
+
+    Memory: the kernel schedule (``knots`` matrices N×N and their N×Nc factors), two
+    interpolated kernels, the state and ``stages + 4`` stage vectors (B×N each) and ``saves``
+    saved states; with ``tape`` (autograd records the solve for a gradient) also, per
+    evaluation, an interpolated kernel and three B×N vectors.
+    Work: per evaluation 2·B·N² (the integral operator) + 3·N² (kernel interpolation) +
+    20·B·N (activation, updates) + :data:`EVAL_OVERHEAD_FLOPS`, for ``steps × stages``
+    evaluations, plus the schedule (2·N·Nc² + 2·N²·Nc per knot); ``tape`` triples the work
+    (forward + backward).
+    """
+    N, B, S = float(nodes), float(batch), float(steps)
+    Nc = float(control_nodes) or N
+    evals = S * stages
+    per_eval = 2 * B * N * N + 3 * N * N + 20 * B * N + EVAL_OVERHEAD_FLOPS
+    flops = evals * per_eval + knots * (2 * N * Nc * Nc + 2 * N * N * Nc)
+    words = knots * (N * N + N * Nc) + N * Nc + 2 * N * N + B * N * (stages + 4) + saves * B * N
+    if tape:
+        flops *= 3
+        words += evals * (N * N + 3 * B * N)
+    return Cost(itemsize * words, flops)
+
+
+def count(value: float) -> float:
+    """``value`` as a float, +inf where it overflows (for products of huge sizes)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def power(base: float, exponent: float) -> float:
+    """``base ** exponent`` as a float, +inf on overflow (grid sizes n^D)."""
+    try:
+        return math.pow(float(base), float(exponent))
+    except OverflowError:
+        return math.inf
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------
+def format_bytes(n: float) -> str:
+    """``1536`` → ``'1.5 KiB'``; +inf → ``'inf B'``."""
+    if not math.isfinite(n):
+        return "inf B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _describe(option: str, value) -> str:
+    return option if value is None else f"{option} = {value}"
+
+
+def check_memory(nbytes: float, option: str, what: str, value=None) -> None:
+    """Raise :class:`SizeLimitError` when ``nbytes`` exceeds :func:`memory_limit`.
+
+    ``option`` names the size responsible (``--steps``, ``train.batch_size``, ...), ``value``
+    its value (shown when given), ``what`` the task (``"the forward solve"``).
+    """
+    if override_active():
+        return
+    limit = memory_limit()
+    if not nbytes <= limit:  # NaN counts as too large
+        raise SizeLimitError(
+            f"{_describe(option, value)}: {what} needs about {format_bytes(nbytes)} of memory, "
+            f"more than the limit of {format_bytes(limit)} ({MEMORY_FRACTION:g} of the "
+            f"{format_bytes(physical_memory())} of physical memory); {HINT}")
+
+
+def check_flops(flops: float, option: str, what: str, value=None) -> None:
+    """Raise :class:`SizeLimitError` when ``flops`` exceeds :func:`flop_budget`."""
+    if override_active():
+        return
+    budget = flop_budget()
+    if not flops <= budget:
+        hours = flops / FLOP_RATE / 3600
+        raise SizeLimitError(
+            f"{_describe(option, value)}: {what} needs about {flops:.2g} floating-point "
+            f"operations (~{hours:.3g} h at a conservative {FLOP_RATE:.0e} operations/s), more "
+            f"than the budget of {TIME_BUDGET_SECONDS / 3600:g} h; {HINT}")
+
+
+def check_cost(cost: Cost, option: str, what: str, value=None) -> None:
+    """:func:`check_memory` and :func:`check_flops` of an estimate."""
+    check_memory(cost.nbytes, option, what, value)
+    check_flops(cost.flops, option, what, value)
+
+
+def check_int(value, option: str, minimum: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) ≥ ``minimum``; else :class:`PdenetsError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PdenetsError(f"{option} must be an integer, got {value!r}")
+    if value < minimum:
+        raise PdenetsError(f"{option} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_array_bytes(shape: tuple[int, ...], itemsize: int, option: str, what: str) -> None:
+    """Refuse an array of ``shape`` whose ``itemsize``-byte elements exceed the memory limit
+    (e.g. an ``.npy`` header claiming 10⁵×10⁵ values)."""
+    n = 1.0
+    for s in shape:
+        n *= count(s)
+    check_memory(n * itemsize * 2, option, what,
+                 "x".join(map(str, shape)) if shape else None)  # the file and a float64 copy
