@@ -167,11 +167,11 @@ def power(base: float, exponent: float) -> float:
 # checks
 # ---------------------------------------------------------------------------------------------
 def format_bytes(n: float) -> str:
-    """``1536`` → ``'1.5 KiB'``; +inf → ``'inf B'``."""
+    """``1536`` → ``'1.5 KiB'``, sizes from 1 GiB on in GiB; +inf → ``'inf GiB'``."""
     if not math.isfinite(n):
-        return "inf B"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
+        return "inf GiB"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
             return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError  # pragma: no cover
@@ -233,3 +233,32 @@ def check_array_bytes(shape: tuple[int, ...], itemsize: int, option: str, what: 
         n *= count(s)
     check_memory(n * itemsize * 2, option, what,
                  "x".join(map(str, shape)) if shape else None)  # the file and a float64 copy
+
+
+def network_cost(net, disc, batch: float, *, saves: float = 0, tape: bool = False) -> Cost:
+    """:func:`solve_cost` of ``net`` (a :class:`~pdenets.network.ContinuumNetwork`) at the
+    discretization ``disc`` for ``batch`` inputs. Only sizes are read (nothing is allocated):
+    N = the product of the rule's nodes per axis, the solver's stages, ``disc.steps`` (the
+    first-step guess of adaptive solvers, whose own ``max_steps`` caps them), the controls'
+    knots K and control nodes Nc (from ``w`` of shape (K, Nc, Nc)) and the parameters' dtype."""
+    N = 1.0
+    for s in disc.width.sizes:
+        N *= count(s)
+    w = getattr(getattr(net, "controls", None), "w", None)
+    knots, nc = (float(w.shape[0]), float(w.shape[-1])) if w is not None and w.dim() == 3 \
+        else (2.0, N)
+    p = next(iter(net.parameters()), None)
+    itemsize = p.element_size() if p is not None else 8
+    return solve_cost(nodes=N, batch=count(batch), steps=count(disc.steps),
+                      stages=solver_stages(disc.solver), knots=knots, control_nodes=nc,
+                      itemsize=itemsize, saves=count(saves), tape=tape)
+
+
+def check_network(net, disc, batch: float, what: str, sizes: str, *, saves: float = 0,
+                  tape: bool = False, work: float = 1.0, memory: float = 1.0) -> Cost:
+    """Refuse a computation of ``work`` forward solves (``memory`` × the memory of one) of
+    ``net`` at ``disc`` for ``batch`` inputs when its estimate exceeds the limits; ``sizes``
+    names the options and values responsible (e.g. ``"--steps 10, --width 64, 2 inputs"``)."""
+    cost = network_cost(net, disc, batch, saves=saves, tape=tape).times(memory, work)
+    check_cost(cost, sizes, what)
+    return cost

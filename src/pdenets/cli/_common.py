@@ -81,5 +81,26 @@ def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:
     return read(path, name)
 
 
+def check_result(value, what: str) -> None:
+    """Raise :class:`PdenetsError` when a result (tensor, array or number) holds NaN or Inf.
+
+    Commands call it once per result, after the computation (never inside solver steps)."""
+    import math
+
+    import torch
+
+    if value is None:
+        return
+    if isinstance(value, float | int):
+        bad = 0 if math.isfinite(value) else 1
+    else:
+        t = torch.as_tensor(value)
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+    if bad:
+        raise PdenetsError(f"{what} contain(s) {bad} NaN or Inf value(s): the computation "
+                           f"diverged or overflowed (try smaller inputs, more depth steps, "
+                           f"float64, or check the model)")
+
+
 def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import _limits
 from ..errors import PdenetsError
-from ._common import add_json_flag, atomic_directory, emit
+from ._common import add_json_flag, atomic_directory, check_result, emit
 
 #: optional sub-sub-command modules ``analyze_<name>``, in --help order
 ANALYZERS = ("stability", "hessian", "controllability", "steady_state", "pmp")
@@ -242,6 +243,26 @@ def load_case(args, need_targets: bool = False, need_data: bool = True) -> Case:
     steps = d.steps if args.steps is None else args.steps
     net.discretization = Discretization(width, d.solver, steps)
     return case
+
+
+def check_analysis(net, batch: int, what: str, *, work: float, memory: float = 1.0,
+                   tape: bool = True, options: str = "", extra: _limits.Cost | None = None,
+                   ) -> None:
+    """Refuse an analysis whose estimate — ``work`` recorded forward solves (``tape``: with
+    their gradient) of ``batch`` inputs at the network's discretization, ``memory`` × the
+    memory of one, plus ``extra`` — exceeds the limits of :mod:`pdenets._limits`.
+    ``options`` names the analysis options that scale the work (e.g. ``"--k 30"``)."""
+    d = net.discretization
+    sizes = (f"--width {'x'.join(map(str, d.width.sizes))}, --steps {d.steps}, "
+             f"{batch} sample(s)" + (f", {options}" if options else ""))
+    cost = _limits.network_cost(net, d, batch, tape=tape).times(memory, work)
+    _limits.check_cost(cost + (extra or _limits.Cost()), sizes, what)
+
+
+def check_finite_results(**values) -> None:
+    """Raise when any named result (number or tensor) is NaN or Inf (once per analysis)."""
+    for name, v in values.items():
+        check_result(v, f"the result {name}")
 
 
 def as_targets(net, targets: np.ndarray, inputs) -> torch.Tensor:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from .. import _limits
 from ..errors import PdenetsError
 from ..integrators import SOLVERS
 from ..quadrature import RULES
-from ._common import add_json_flag, emit
+from ._common import add_json_flag, check_result, emit
 
 
 def add_discretization_flags(p) -> None:
@@ -57,12 +58,29 @@ def load_model_and_data(args):
     return net, ds, disc
 
 
+def disc_sizes(disc) -> str:
+    """``"--width 8x8, --steps 16"``: the sizes of a discretization, for size-limit messages."""
+    return f"--width {'x'.join(map(str, disc.width.sizes))}, --steps {disc.steps}"
+
+
+def check_forward(net, disc, n: int, what: str, chunk: int = 2048) -> None:
+    """Refuse forward solves of ``n`` inputs (in chunks of ``chunk``) whose memory or time
+    estimate exceeds the limits of :mod:`pdenets._limits`."""
+    sizes = f"{disc_sizes(disc)}, {n} input(s)"
+    _limits.check_memory(_limits.network_cost(net, disc, min(n, chunk)).nbytes, sizes, what)
+    _limits.check_flops(_limits.network_cost(net, disc, n).flops, sizes, what)
+
+
 def run(args) -> int:
     from ..training import evaluate
 
     net, ds, disc = load_model_and_data(args)
     x, y = ds.tensors(args.split, next(net.parameters()).dtype)
+    if len(x) == 0:
+        raise PdenetsError(f"the {args.split} split of {ds.name!r} is empty")
+    check_forward(net, disc, len(x), f"evaluating the {args.split} split")
     r = evaluate(net, x, y, ds.loss, disc)
+    check_result(r["loss"], f"the {ds.loss} loss on the {args.split} split")
     payload = {"model": args.model, "data": ds.name, "split": args.split, "samples": len(x),
                "accuracy": r["accuracy"], "loss": r["loss"], "width_nodes": disc.width.sizes,
                "rule": disc.width.name, "steps": disc.steps, "method": disc.solver.name}

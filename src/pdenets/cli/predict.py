@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ..errors import PdenetsError
-from ._common import add_json_flag, emit, load_array
-from .evaluate import add_discretization_flags
+from ._common import add_json_flag, check_result, emit, load_array
+from .evaluate import add_discretization_flags, check_forward
 
 
 def register(sub) -> None:
@@ -37,8 +37,11 @@ def run(args) -> int:
         if v is not None and v < 1:
             raise PdenetsError(f"--{flag} must be a positive integer, got {v}")
     disc = discretization_from(net, args.width, args.steps, args.method, args.rule)
+    check_forward(net, disc, len(x), "the prediction", chunk=len(x))
     with torch.no_grad():
-        out = net(torch.as_tensor(x, dtype=next(net.parameters()).dtype), disc).numpy()
+        out = net(torch.as_tensor(x, dtype=next(net.parameters()).dtype), disc)
+    check_result(out, "the predicted outputs")
+    out = out.numpy()
     task = getattr(net, "extra", {}).get("task", "classification")
     payload: dict = {"outputs": out.tolist()}
     if task == "classification":
