@@ -8,8 +8,9 @@ implies, and the estimate is compared with two limits before anything is allocat
 * **memory**: :data:`MEMORY_FRACTION` (one half) of the machine's physical memory, as reported
   by ``os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")`` (8 GiB where that is
   unavailable);
-* **time**: :data:`TIME_BUDGET_SECONDS` (four hours) at a conservative :data:`FLOP_RATE` of
-  10⁹ floating-point operations per second, i.e. 1.44·10¹³ operations. Every right-hand-side
+* **time**: :data:`TIME_BUDGET_SECONDS` (24 hours) at a conservative :data:`FLOP_RATE` of
+  10⁹ floating-point operations per second, i.e. 8.64·10¹³ operations (the default digits
+  training is estimated at 6.5·10¹¹ operations, ~11 min at that rate; it takes ~35 s). Every right-hand-side
   evaluation of the forward problem (MODEL.md §2) is charged its matrix products
   (2·B·N² for B inputs on N width nodes) plus :data:`EVAL_OVERHEAD_FLOPS` (the Python and
   dispatch overhead of one evaluation, about 20 µs, expressed in operations at that rate), so a
@@ -41,7 +42,7 @@ MEMORY_FRACTION = 0.5
 #: conservative rate of floating-point operations per second (one CPU core does ~10× more)
 FLOP_RATE = 1e9
 #: wall-clock budget of one command at :data:`FLOP_RATE`
-TIME_BUDGET_SECONDS = 4 * 3600.0
+TIME_BUDGET_SECONDS = 24 * 3600.0
 #: overhead of one right-hand-side evaluation (Python, kernel dispatch), in operations
 EVAL_OVERHEAD_FLOPS = 2e4
 #: the hint appended to every refusal
@@ -262,3 +263,74 @@ def check_network(net, disc, batch: float, what: str, sizes: str, *, saves: floa
     cost = network_cost(net, disc, batch, saves=saves, tape=tape).times(memory, work)
     check_cost(cost, sizes, what)
     return cost
+
+
+#: samples, features per axis and d of the bundled datasets (pdenets.data)
+_BUILTIN_SIZES = {"digits": (1797, 8, 2), "breast_cancer": (569, 30, 1), "wine": (178, 13, 1),
+                  "iris": (150, 4, 1)}
+
+
+def training_cost(cfg) -> Cost:
+    """Estimate of ``pdenets train`` with the :class:`~pdenets.config.Config` ``cfg``.
+
+    Samples n: the bundled sizes, ``data.n_samples`` for synthetic data, ``train.batch_size``
+    for a data file (unknown before it is read). Width nodes N: ``model.width`` per axis (d = 2
+    for digits), else the automatic width (the image, or max(32, features) nodes); control nodes
+    ``model.control_size`` likewise (automatic: ≤ 16 + 1 per axis). Memory: one recorded batch
+    of ``train.batch_size`` inputs (:func:`solve_cost` with ``tape``), an evaluation batch of
+    ``train.eval_batch_size``, the controls with optimizer state (×4) and the data (n × N
+    float64 values, ×4). Work: ``train.epochs`` × passes over the data (1 for adam/sgd, 1.25
+    ``lbfgs_iterations`` for L-BFGS, inner + readout steps + 3 for MSA, twice that of the level
+    method for multilevel) × the recorded solves of all batches, plus one evaluation of the
+    validation part per epoch.
+    """
+    d, m, t = cfg.data, cfg.model, cfg.train
+    n, feats, dim = _BUILTIN_SIZES.get(d.name, (None, 2, 1))
+    if n is None:
+        n = count(d.n_samples) if d.name in ("spirals", "moons", "circles") else count(
+            t.batch_size)
+        feats = 2 if d.name in ("spirals", "moons", "circles") else 32
+    per_axis = count(m.width) if m.width else float(feats if dim == 2 else max(32, feats))
+    N = per_axis**dim
+    Nc = (count(m.control_size) if m.control_size else 17.0) ** dim
+    knots = count(m.intervals) + 1
+    from .integrators import SOLVERS
+
+    solver = SOLVERS.get(m.solver)
+    stages = solver_stages(solver) if solver is not None else 4
+    itemsize = 8 if cfg.dtype == "float64" else 4
+
+    def passes(method: str) -> float:
+        if method == "lbfgs":
+            return 1.25 * count(t.lbfgs_iterations)
+        if method == "msa":
+            return count(t.msa_inner_steps) + count(t.msa_readout_steps) + 3
+        return 1.0
+
+    p = 2 * passes(t.level_method) if t.method == "multilevel" else passes(t.method)
+    B = count(t.batch_size)
+    batch = solve_cost(nodes=N, batch=min(B, n), steps=m.steps, stages=stages, knots=knots,
+                       control_nodes=Nc, itemsize=itemsize, tape=True)
+    batches = max(1.0, math.ceil(n / B)) if math.isfinite(n / B) else math.inf
+    full = solve_cost(nodes=N, batch=B, steps=m.steps, stages=stages, knots=knots,
+                      control_nodes=Nc, itemsize=itemsize, tape=True)
+    evaluation = solve_cost(nodes=N, batch=min(n, count(t.eval_batch_size)), steps=m.steps,
+                            stages=stages, knots=knots, control_nodes=Nc, itemsize=itemsize)
+    params = 4.0 * itemsize * knots * (Nc * Nc + Nc)
+    data = 4.0 * 8 * n * max(N, feats**dim)
+    nbytes = max(full.nbytes, evaluation.nbytes) + params + data
+    epochs = count(t.epochs)
+    flops = epochs * (p * batches * batch.flops + evaluation.flops * max(1.0, 0.1 * n / max(
+        1.0, count(t.eval_batch_size))))
+    return Cost(nbytes, flops)
+
+
+def check_training(cfg) -> None:
+    """Refuse a training configuration whose :func:`training_cost` exceeds the limits; the
+    message names the sizes that scale it."""
+    m, t = cfg.model, cfg.train
+    sizes = (f"train.batch_size = {t.batch_size}, train.epochs = {t.epochs}, model.width = "
+             f"{m.width or 'auto'}, model.steps = {m.steps}, model.control_size = "
+             f"{m.control_size or 'auto'}, model.intervals = {m.intervals}, data.n_samples = "
+             f"{cfg.data.n_samples}")
+    check_cost(training_cost(cfg), sizes, "the training run")
