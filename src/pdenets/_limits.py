@@ -8,10 +8,11 @@ implies, and the estimate is compared with two limits before anything is allocat
 * **memory**: :data:`MEMORY_FRACTION` (one half) of the machine's physical memory, as reported
   by ``os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")`` (8 GiB where that is
   unavailable);
-* **time**: :data:`TIME_BUDGET_SECONDS` (24 hours) at a conservative :data:`FLOP_RATE` of
-  10⁹ floating-point operations per second, i.e. 8.64·10¹³ operations (the default digits
-  training is estimated at 6.5·10¹¹ operations, ~11 min at that rate; it takes ~35 s). Every right-hand-side
-  evaluation of the forward problem (MODEL.md §2) is charged its matrix products
+* **time**: :data:`TIME_BUDGET_SECONDS` (6 hours) at a conservative :data:`FLOP_RATE` of
+  10⁹ floating-point operations per second, i.e. 2.16·10¹³ operations (the default digits
+  training is estimated at 6.5·10¹¹ operations, ~11 min at that rate; it takes ~35 s).
+  Every right-hand-side evaluation of the forward problem (MODEL.md §2) is charged its
+  matrix products
   (2·B·N² for B inputs on N width nodes) plus :data:`EVAL_OVERHEAD_FLOPS` (the Python and
   dispatch overhead of one evaluation, about 20 µs, expressed in operations at that rate), so a
   tiny network with 10⁹ depth steps is refused as surely as a huge one.
@@ -42,7 +43,7 @@ MEMORY_FRACTION = 0.5
 #: conservative rate of floating-point operations per second (one CPU core does ~10× more)
 FLOP_RATE = 1e9
 #: wall-clock budget of one command at :data:`FLOP_RATE`
-TIME_BUDGET_SECONDS = 24 * 3600.0
+TIME_BUDGET_SECONDS = 6 * 3600.0
 #: overhead of one right-hand-side evaluation (Python, kernel dispatch), in operations
 EVAL_OVERHEAD_FLOPS = 2e4
 #: the hint appended to every refusal
@@ -275,14 +276,18 @@ def training_cost(cfg) -> Cost:
 
     Samples n: the bundled sizes, ``data.n_samples`` for synthetic data, ``train.batch_size``
     for a data file (unknown before it is read). Width nodes N: ``model.width`` per axis (d = 2
-    for digits), else the automatic width (the image, or max(32, features) nodes); control nodes
-    ``model.control_size`` likewise (automatic: ≤ 16 + 1 per axis). Memory: one recorded batch
-    of ``train.batch_size`` inputs (:func:`solve_cost` with ``tape``), an evaluation batch of
-    ``train.eval_batch_size``, the controls with optimizer state (×4) and the data (n × N
-    float64 values, ×4). Work: ``train.epochs`` × passes over the data (1 for adam/sgd, 1.25
-    ``lbfgs_iterations`` for L-BFGS, inner + readout steps + 3 for MSA, twice that of the level
-    method for multilevel) × the recorded solves of all batches, plus one evaluation of the
-    validation part per epoch.
+    for digits), else the automatic width (the image, or max(32, features) nodes); control
+    nodes ``model.control_size`` likewise (automatic: ≤ 16 + 1 per axis).
+
+    Memory: one recorded batch of ``train.batch_size`` inputs (:func:`solve_cost` with
+    ``tape``; the size asked for, even beyond n), or an evaluation batch of
+    ``train.eval_batch_size``, plus the controls with optimizer state (×4) and the data
+    (n × N float64 values, ×4).
+
+    Work: ``train.epochs`` × passes over the data (1 for adam/sgd, 1.25 ×
+    ``lbfgs_iterations`` for L-BFGS, inner + readout steps + 3 for MSA, twice the level
+    method's for multilevel) × the recorded solves of all batches, plus an evaluation of
+    the validation part per epoch.
     """
     d, m, t = cfg.data, cfg.model, cfg.train
     n, feats, dim = _BUILTIN_SIZES.get(d.name, (None, 2, 1))
@@ -316,21 +321,52 @@ def training_cost(cfg) -> Cost:
                       control_nodes=Nc, itemsize=itemsize, tape=True)
     evaluation = solve_cost(nodes=N, batch=min(n, count(t.eval_batch_size)), steps=m.steps,
                             stages=stages, knots=knots, control_nodes=Nc, itemsize=itemsize)
+    eval_memory = solve_cost(nodes=N, batch=count(t.eval_batch_size), steps=m.steps,
+                             stages=stages, knots=knots, control_nodes=Nc,
+                             itemsize=itemsize).nbytes
     params = 4.0 * itemsize * knots * (Nc * Nc + Nc)
     data = 4.0 * 8 * n * max(N, feats**dim)
-    nbytes = max(full.nbytes, evaluation.nbytes) + params + data
+    nbytes = max(full.nbytes, eval_memory) + params + data
     epochs = count(t.epochs)
     flops = epochs * (p * batches * batch.flops + evaluation.flops * max(1.0, 0.1 * n / max(
         1.0, count(t.eval_batch_size))))
     return Cost(nbytes, flops)
 
 
+#: the configuration keys that scale :func:`training_cost`
+TRAINING_SIZES = ("train.batch_size", "train.eval_batch_size", "train.epochs", "model.width",
+                  "model.steps", "model.control_size", "model.intervals", "data.n_samples",
+                  "train.lbfgs_iterations", "train.msa_inner_steps", "train.msa_readout_steps")
+
+
 def check_training(cfg) -> None:
-    """Refuse a training configuration whose :func:`training_cost` exceeds the limits; the
-    message names the sizes that scale it."""
-    m, t = cfg.model, cfg.train
-    sizes = (f"train.batch_size = {t.batch_size}, train.epochs = {t.epochs}, model.width = "
-             f"{m.width or 'auto'}, model.steps = {m.steps}, model.control_size = "
-             f"{m.control_size or 'auto'}, model.intervals = {m.intervals}, data.n_samples = "
-             f"{cfg.data.n_samples}")
-    check_cost(training_cost(cfg), sizes, "the training run")
+    """Refuse a training configuration whose :func:`training_cost` exceeds the limits.
+
+    The message names the sizes responsible: those changed from their defaults whose reset
+    alone brings the estimate within the limits (else all changed sizes, else the main ones).
+    """
+    import copy
+
+    from .config import Config
+
+    cost = training_cost(cfg)
+    if override_active() or (cost.nbytes <= memory_limit() and cost.flops <= flop_budget()):
+        return
+    default = Config()
+
+    def get(c, key):
+        section, name = key.split(".")
+        return getattr(getattr(c, section), name)
+
+    changed = [k for k in TRAINING_SIZES if get(cfg, k) != get(default, k)]
+    culprits = []
+    for key in changed:
+        trial = copy.deepcopy(cfg)
+        section, name = key.split(".")
+        setattr(getattr(trial, section), name, get(default, key))
+        c = training_cost(trial)
+        if c.nbytes <= memory_limit() and c.flops <= flop_budget():
+            culprits.append(key)
+    keys = culprits or changed or ["train.batch_size", "train.epochs", "model.steps"]
+    sizes = ", ".join(f"{k} = {get(cfg, k)}" for k in keys)
+    check_cost(cost, sizes, "the training run")

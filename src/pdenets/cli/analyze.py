@@ -239,7 +239,10 @@ def load_case(args, need_targets: bool = False, need_data: bool = True) -> Case:
             raise PdenetsError(f"--width must be a positive integer, got {args.width}")
         from ..quadrature import make_rule
 
-        width = make_rule(d.width.name, args.width, net.dim)
+        try:
+            width = make_rule(d.width.name, args.width, net.dim)
+        except PdenetsError as e:
+            raise PdenetsError(f"--width {args.width}: {e}") from None
     steps = d.steps if args.steps is None else args.steps
     net.discretization = Discretization(width, d.solver, steps)
     return case

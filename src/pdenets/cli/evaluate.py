@@ -33,7 +33,6 @@ def load_model_and_data(args):
     """The model, its dataset (same splits as in training) and the discretization asked."""
     from ..data import load_dataset_config
     from ..modelfile import load_model
-    from ..training import discretization_from
 
     net = load_model(args.model)
     dcfg = dict(getattr(net, "extra", {}).get("data", {}))
@@ -50,12 +49,25 @@ def load_model_and_data(args):
     if ds.n_outputs != net.readout.outputs and ds.task == "classification":
         raise PdenetsError(f"data {name!r} has {ds.n_outputs} classes; the model has "
                            f"{net.readout.outputs} outputs")
+    disc = checked_discretization(net, args)
+    return net, ds, disc
+
+
+def checked_discretization(net, args):
+    """The model's discretization with ``--width/--steps/--method/--rule`` applied; a width
+    the quadrature rule refuses is reported as an error of ``--width``."""
+    from ..training import discretization_from
+
     for flag in ("width", "steps"):
         v = getattr(args, flag, None)
         if v is not None and v < 1:
             raise PdenetsError(f"--{flag} must be a positive integer, got {v}")
-    disc = discretization_from(net, args.width, args.steps, args.method, args.rule)
-    return net, ds, disc
+    try:
+        return discretization_from(net, args.width, args.steps, args.method, args.rule)
+    except PdenetsError as e:
+        if args.width is None:
+            raise
+        raise PdenetsError(f"--width {args.width}: {e}") from None
 
 
 def disc_sizes(disc) -> str:

@@ -52,7 +52,12 @@ def _discretization(args, net) -> Discretization:
     steps = args.steps if args.steps is not None else base.steps
     if steps < 1:
         raise PdenetsError(f"--steps must be a positive integer, got {steps}")
-    return Discretization(make_rule(rule, width, net.dim), make_solver(solver_name, **opts), steps)
+    try:
+        rule_ = make_rule(rule, width, net.dim)
+    except PdenetsError as e:
+        raise PdenetsError(f"--width {args.width}: {e}" if args.width is not None else str(e)) \
+            from None
+    return Discretization(rule_, make_solver(solver_name, **opts), steps)
 
 
 def _check_sizes(args, net, disc: Discretization, batch: int) -> None:
