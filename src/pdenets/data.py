@@ -301,6 +301,8 @@ def load_array(path: str | Path, name: str = "input") -> np.ndarray:
     if p.suffix == ".npz" and p.is_file():
         keys = npz_keys(p)
         key = next((k for k in ("x", "X", "inputs") if k in keys), None)
+        if not keys:
+            read_arrays(p, name, ())  # not an archive at all: that message
         if key is None and len(keys) != 1:
             raise PdenetsError(f"{name} file {str(p)!r} must hold an array 'x' (or exactly "
                                f"one array); found: {', '.join(sorted(keys)) or 'none'}")
