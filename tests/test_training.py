@@ -21,8 +21,11 @@ SMALL = ["data.name=iris", "train.epochs=4", "train.batch_size=32", "model.steps
 def test_config_defaults_overrides_and_errors(tmp_path):
     cfg = load_config()
     assert cfg.data.name == "digits" and cfg.train.method == "adam"
-    cfg = load_config(None, ["train.method=lbfgs", "model.width=32", "objective.alpha=0.5",
-                             "model.learnable_lifting=true"])
+    from pdenets import _limits
+
+    with _limits.allow_large():  # digits at 32×32 nodes, full-batch L-BFGS: ~40 h estimated
+        cfg = load_config(None, ["train.method=lbfgs", "model.width=32", "objective.alpha=0.5",
+                                 "model.learnable_lifting=true"])
     assert (cfg.train.method, cfg.model.width, cfg.objective.alpha,
             cfg.model.learnable_lifting) == ("lbfgs", 32, 0.5, True)
     f = tmp_path / "c.toml"

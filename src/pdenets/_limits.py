@@ -9,8 +9,8 @@ implies, and the estimate is compared with two limits before anything is allocat
   by ``os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")`` (8 GiB where that is
   unavailable);
 * **time**: :data:`TIME_BUDGET_SECONDS` (6 hours) at a conservative :data:`FLOP_RATE` of
-  10⁹ floating-point operations per second, i.e. 2.16·10¹³ operations (the default digits
-  training is estimated at 6.5·10¹¹ operations, ~11 min at that rate; it takes ~35 s).
+  5·10⁹ floating-point operations per second, i.e. 1.08·10¹⁴ operations (the default digits
+  training is estimated at 6.6·10¹¹ operations, ~2 min at that rate; it takes ~35 s).
   Every right-hand-side evaluation of the forward problem (MODEL.md §2) is charged its
   matrix products
   (2·B·N² for B inputs on N width nodes) plus :data:`EVAL_OVERHEAD_FLOPS` (the Python and
@@ -40,12 +40,14 @@ from .errors import PdenetsError
 ENV_VAR = "PDENETS_ALLOW_LARGE"
 #: fraction of the physical memory a single command may plan to use
 MEMORY_FRACTION = 0.5
-#: conservative rate of floating-point operations per second (one CPU core does ~10× more)
-FLOP_RATE = 1e9
+#: conservative rate of floating-point operations per second (one core: ~2·10¹⁰ in the
+#: matrix products of a 256-node width grid)
+FLOP_RATE = 5e9
 #: wall-clock budget of one command at :data:`FLOP_RATE`
 TIME_BUDGET_SECONDS = 6 * 3600.0
-#: overhead of one right-hand-side evaluation (Python, kernel dispatch), in operations
-EVAL_OVERHEAD_FLOPS = 2e4
+#: overhead of one right-hand-side evaluation (Python, kernel dispatch: ~20 µs), in
+#: operations at :data:`FLOP_RATE`
+EVAL_OVERHEAD_FLOPS = 1e5
 #: the hint appended to every refusal
 HINT = "pass --allow-large (Python API: set PDENETS_ALLOW_LARGE=1) to run it anyway"
 
@@ -312,8 +314,11 @@ def training_cost(cfg) -> Cost:
             return count(t.msa_inner_steps) + count(t.msa_readout_steps) + 3
         return 1.0
 
-    p = 2 * passes(t.level_method) if t.method == "multilevel" else passes(t.method)
+    method = t.level_method if t.method == "multilevel" else t.method
+    p = passes(method) * (2 if t.method == "multilevel" else 1)
     B = count(t.batch_size)
+    if method == "lbfgs":  # full batch: the training part of the data at once
+        B = max(B, n)
     batch = solve_cost(nodes=N, batch=min(B, n), steps=m.steps, stages=stages, knots=knots,
                        control_nodes=Nc, itemsize=itemsize, tape=True)
     batches = max(1.0, math.ceil(n / B)) if math.isfinite(n / B) else math.inf

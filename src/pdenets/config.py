@@ -159,14 +159,11 @@ def _coerce(value: Any, current: Any, key: str, text: bool = False) -> Any:
         value = float(value)
     if typ is bool and not isinstance(value, bool) or (
             typ is not bool and isinstance(value, bool)) or not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected a{'n' if typ is int else ''} "
-                          f"{_TYPE_NAMES.get(typ, typ.__name__)}, got {value!r}")
+        raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {value!r}")
     return value
 
-
-_TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean (true/false)"}
 
 
 def _parse(value: Any, current: Any, key: str) -> Any:
@@ -186,8 +183,7 @@ def _parse(value: Any, current: Any, key: str) -> Any:
             if typ is float:
                 return float(text)
         except ValueError:
-            raise ConfigError(f"{key}: expected a{'n' if typ is int else ''} "
-                              f"{_TYPE_NAMES.get(typ, typ.__name__)}, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}") from None
     return value
 
 

@@ -54,10 +54,12 @@ def register(asub) -> None:
 def _run_objective(model: str) -> tuple[float, float, str]:
     cfg_path = Path(model).parent / "config.toml"
     if cfg_path.is_file():
+        from .. import _limits
         from ..config import load_config
 
         try:
-            c = load_config(cfg_path)
+            with _limits.allow_large():  # only α, β are read: the run's sizes are not checked
+                c = load_config(cfg_path)
             return c.objective.alpha, c.objective.beta, str(cfg_path)
         except PdenetsError:
             pass
