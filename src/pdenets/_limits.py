@@ -292,11 +292,14 @@ def training_cost(cfg) -> Cost:
     the validation part per epoch.
     """
     d, m, t = cfg.data, cfg.model, cfg.train
-    n, feats, dim = _BUILTIN_SIZES.get(d.name, (None, 2, 1))
-    if n is None:
-        n = count(d.n_samples) if d.name in ("spirals", "moons", "circles") else count(
-            t.batch_size)
-        feats = 2 if d.name in ("spirals", "moons", "circles") else 32
+    n: float
+    feats: float
+    if d.name in _BUILTIN_SIZES:
+        n, feats, dim = (float(v) for v in _BUILTIN_SIZES[d.name])
+    elif d.name in ("spirals", "moons", "circles"):
+        n, feats, dim = count(d.n_samples), 2.0, 1.0
+    else:  # a data file: unknown until read
+        n, feats, dim = count(t.batch_size), 32.0, 1.0
     per_axis = count(m.width) if m.width else float(feats if dim == 2 else max(32, feats))
     N = per_axis**dim
     Nc = (count(m.control_size) if m.control_size else 17.0) ** dim

@@ -23,6 +23,7 @@ standardized with the training split's mean and standard deviation; images are s
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,13 +295,13 @@ def read_arrays(path: str | Path, what: str = "input",
             for k, a in arrays.items()}
 
 
-def load_array(path: str | Path, name: str = "input") -> np.ndarray:
+def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:
     """One array of inputs (float64) from ``.npy``, ``.npz`` (key ``x``, ``X`` or ``inputs``,
     else its only array) or ``.csv``/``.txt`` — through :func:`read_arrays`."""
     p = Path(path)
     if p.suffix == ".npz" and p.is_file():
         keys = npz_keys(p)
-        key = next((k for k in ("x", "X", "inputs") if k in keys), None)
+        key: str | None = next((k for k in ("x", "X", "inputs") if k in keys), None)
         if not keys:
             read_arrays(p, name, ())  # not an archive at all: that message
         if key is None and len(keys) != 1:

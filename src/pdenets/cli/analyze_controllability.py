@@ -67,9 +67,9 @@ def run(args) -> int:
         raise PdenetsError(f"--delta must be a positive number, got {args.delta}")
     # one L-BFGS fit per α, per T (steps scale with T/T_model) and per K: up to 1.25 solves
     # with gradient per iteration
-    T0 = float(net.T)
+    T0 = float(case.net.T)  # type: ignore[attr-defined]
     fits = len(alphas) + sum(max(1.0, T / T0) for T in horizons) + len(counts_f)
-    check_analysis(net, max([len(case.inputs), *counts_f]), "the controllability study",
+    check_analysis(net, int(max([len(case.inputs), *counts_f])), "the controllability study",
                    work=1.25 * args.iters * fits,
                    options=f"--iters {args.iters}, {len(alphas)} α, horizons up to "
                    f"{max(horizons, default=T0):g}, {len(counts_f)} sample counts")

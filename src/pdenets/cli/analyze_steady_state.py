@@ -3,6 +3,8 @@ linearization, stability verdict and a confirming large-time simulation (MODEL.m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import _limits
@@ -42,7 +44,7 @@ def run(args) -> int:
     if args.depth is not None and not math.isfinite(args.depth):
         raise PdenetsError(f"--depth must be a finite number, got {args.depth}")
     case = load_case(args, need_data=args.init == "input")
-    net = case.net
+    net: Any = case.net
     # Newton with dense N×N Jacobians (least squares, ~2N³ each, ≤ 50 iterations), one
     # eigen-decomposition (~10N³); the simulation: 4 perturbed states, RK4, a number of steps
     # that grows with the horizon (capped at 200000 by the analysis)
