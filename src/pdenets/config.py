@@ -2,8 +2,11 @@
 
 Every option has a default, so ``pdenets train`` with no arguments trains the embedded default
 (digits). A configuration is a tree of dataclasses; TOML tables and dotted keys address it
-(``train.method``, ``model.width``, ...). Unknown keys, wrong types and invalid values raise
-:class:`~pdenets.errors.ConfigError` naming the key (with a suggestion for typos).
+(``train.method``, ``model.width``, ...). Unknown keys, wrong types (a TOML file must give
+each key a value of its type; ``--set`` text is parsed as that type), NaN/Inf and invalid values
+raise :class:`~pdenets.errors.ConfigError` naming the key (with a suggestion for typos), and
+sizes whose memory or time estimate is absurd raise
+:class:`~pdenets._limits.SizeLimitError` (:func:`pdenets._limits.check_training`).
 
 Other layers extend the options of ``[train]`` for their methods (e.g. MSA's ``rho``) by adding
 fields to :class:`TrainConfig`.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +149,25 @@ def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Convert ``value`` (TOML value or --set string) to the type of the default."""
+def _coerce(value: Any, current: Any, key: str, text: bool = False) -> Any:
+    """Convert ``value`` to the type of the default: a ``--set`` string (``text``) is parsed,
+    a TOML value must already have the type (an integer is accepted for a float); NaN and Inf
+    are refused."""
+    value = _parse(value, current, key) if text else value
+    typ = type(current)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typ is bool and not isinstance(value, bool) or (
+            typ is not bool and isinstance(value, bool)) or not isinstance(value, typ):
+        raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return value
+
+
+
+def _parse(value: Any, current: Any, key: str) -> Any:
+    """The ``--set`` text ``value`` parsed as the type of ``current``."""
     typ = type(current)
     if isinstance(value, str) and typ is not str:
         text = value.strip()
@@ -163,15 +184,10 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
                 return float(text)
         except ValueError:
             raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}") from None
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is bool and not isinstance(value, bool) or (
-            typ is not bool and isinstance(value, bool)) or not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}")
     return value
 
 
-def _set(cfg: Config, key: str, value: Any) -> None:
+def _set(cfg: Config, key: str, value: Any, text: bool = False) -> None:
     parts = key.split(".")
     obj: Any = cfg
     for i, part in enumerate(parts):
@@ -188,9 +204,9 @@ def _set(cfg: Config, key: str, value: Any) -> None:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{key} is a section; set its keys, e.g. {key}.<name>")
                 for k, v in value.items():
-                    _set(cfg, f"{key}.{k}", v)
+                    _set(cfg, f"{key}.{k}", v, text)
             else:
-                setattr(obj, part, _coerce(value, cur, key))
+                setattr(obj, part, _coerce(value, cur, key, text))
         else:
             if not dataclasses.is_dataclass(cur):
                 raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section")
@@ -214,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        _set(cfg, k.strip(), v)
+        _set(cfg, k.strip(), v, text=True)
     validate(cfg)
     return cfg
 
@@ -239,11 +255,15 @@ def validate(cfg: Config) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
+    from . import _limits
     from .training import METHODS, SCHEDULES
 
+    _check_types(cfg)
     choice("dtype", cfg.dtype, ("float32", "float64"))
-    if not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"device: expected 'cpu' or 'cuda[:k]', got {cfg.device!r}")
+    _check_device(cfg.device)
+    for key, seed in (("seed", cfg.seed), ("data.seed", cfg.data.seed)):
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"{key}: must lie in [0, 2**32), got {seed}")
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
     if d.name not in BUILTIN and not Path(d.name).suffix:
         choice("data.name", d.name, BUILTIN)
@@ -312,3 +332,32 @@ def validate(cfg: Config) -> None:
     if t.gradient == "continuous" and m.eps > 0:
         raise ConfigError("train.gradient = 'continuous' is unavailable with model.eps > 0 "
                           "(backward heat equation); use 'discrete'")
+    _limits.check_training(cfg)
+
+
+def _check_types(obj, prefix: str = "") -> None:
+    """Every field of a configuration built in Python has its default's type and is finite."""
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_types(value, key + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else value
+            _coerce(value, default, key)
+
+
+def _check_device(device: str) -> None:
+    import re
+
+    import torch
+
+    if device == "cpu":
+        return
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not m:
+        raise ConfigError(f"device: expected 'cpu' or 'cuda[:k]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but CUDA is not available")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise ConfigError(f"device: {device!r} does not exist ({torch.cuda.device_count()} "
+                          f"CUDA device(s))")

@@ -4,7 +4,11 @@ Each sub-command lives in its own module of this package, exposing ``register(su
 Conventions shared by all commands:
 
 * bad input raises :class:`~pdenets.errors.PdenetsError`; :func:`main` prints a one-line
-  ``pdenets: error: ...`` message on stderr and exits with status 2;
+  ``pdenets: error: ...`` message on stderr and exits with status 2 — and so do usage errors
+  (unknown options and choices, malformed numbers), through :class:`Parser`;
+* every size is checked against a memory and time estimate before work starts
+  (:mod:`pdenets._limits`); every command accepts ``--allow-large`` to skip these checks;
+* results are checked once per command: NaN or Inf in a result is an error, not an output;
 * a command that reports figures accepts ``--json`` and then prints exactly one JSON object on
   stdout (progress and messages go to stderr);
 * output files are written atomically, into a temporary directory whose files are moved into
@@ -17,18 +21,42 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
+from .. import _limits
 from ..errors import PdenetsError
 
 #: sub-command modules, in --help order
 COMMANDS = ("simulate", "train", "evaluate", "predict", "plot", "analyze", "hjb", "bench")
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line ``pdenets: error: ...`` (exit 2);
+    sub-command parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        cmd = self.prog.removeprefix("pdenets").strip()
+        where = f"{cmd}: " if cmd else ""
+        help_hint = f" (see pdenets {cmd + ' ' if cmd else ''}--help)"
+        print(f"pdenets: error: {where}{message}{help_hint}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers of runnable (sub-)sub-commands, i.e. those without sub-commands."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+            yield from _leaf_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pdenets",
         description="The PDE model of deep neural networks: simulate, train, analyze "
         "continuum ResNets (see MODEL.md).",
@@ -43,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.register(sub)
+    for p in _leaf_parsers(parser):
+        if p is not parser and "--allow-large" not in p._option_string_actions:
+            p.add_argument("--allow-large", action="store_true",
+                           help="skip the memory and time checks of sizes (see "
+                           "pdenets._limits; also: PDENETS_ALLOW_LARGE=1)")
     return parser
 
 
@@ -53,13 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    for key, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"argument --{key.replace('_', '-')}: must be a finite number, "
+                         f"got {value}")
     from ._common import claimed_output
 
     try:
-        with claimed_output(args):  # check, lock and probe --out before computing
+        # sizes are checked against the limits unless --allow-large; --out is checked, locked
+        # and probed before computing
+        with _limits.allow_large(bool(getattr(args, "allow_large", False))), \
+                claimed_output(args):
             return int(args.func(args) or 0)
     except PdenetsError as e:
-        print(f"pdenets: error: {e}", file=sys.stderr)
+        print(f"pdenets: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("pdenets: error: out of memory (the sizes passed the estimates of "
+              "pdenets._limits but the machine could not provide the memory)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pdenets: interrupted", file=sys.stderr)
@@ -68,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdenets: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return 2
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split("\n")).strip()
 
 
 if __name__ == "__main__":  # pragma: no cover

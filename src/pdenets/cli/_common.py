@@ -106,33 +106,34 @@ def atomic_directory(out: str | os.PathLike, overwrite: bool = False,
 
 
 def load_array(path: str | os.PathLike, name: str = "input") -> np.ndarray:
-    """Load a numeric array from ``.npy``, ``.npz`` (first array, or key ``x``/``X``),
-    ``.csv`` or ``.txt``; reject non-numeric and non-finite data with a clear message."""
-    path = Path(path)
-    if not path.is_file():
-        raise PdenetsError(f"{name} file {str(path)!r} does not exist")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if not keys:
-                    raise PdenetsError(f"{name} file {str(path)!r} holds no arrays")
-                key = next((k for k in ("x", "X", "inputs") if k in keys), keys[0])
-                arr = z[key]
-        else:
-            arr = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
-    except PdenetsError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise PdenetsError(f"cannot read {name} file {str(path)!r}: {e}") from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise PdenetsError(f"{name} file {str(path)!r} is not numeric (dtype {arr.dtype})")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise PdenetsError(f"{name} file {str(path)!r} contains NaN or Inf")
-    return arr
+    """Load a numeric array from ``.npy``, ``.npz`` (key ``x``/``X``/``inputs``, else its only
+    array), ``.csv`` or ``.txt`` with the one hardened reader, :func:`pdenets.data.load_array`
+    (headers checked before loading; complex, non-numeric, empty and non-finite data
+    refused)."""
+    from ..data import load_array as read
+
+    return read(path, name)
+
+
+def check_result(value, what: str) -> None:
+    """Raise :class:`PdenetsError` when a result (tensor, array or number) holds NaN or Inf.
+
+    Commands call it once per result, after the computation (never inside solver steps)."""
+    import math
+
+    import torch
+
+    if value is None:
+        return
+    if isinstance(value, float | int):
+        bad = 0 if math.isfinite(value) else 1
+    else:
+        t = torch.as_tensor(value)
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+    if bad:
+        raise PdenetsError(f"{what} contain(s) {bad} NaN or Inf value(s): the computation "
+                           f"diverged or overflowed (try smaller inputs, more depth steps, "
+                           f"float64, or check the model)")
 
 
 def progress(msg: str) -> None:

@@ -13,7 +13,7 @@ other import error propagates) and its ``register(analyze_subparsers)`` is calle
 ``argparse`` sub-parsers object of ``analyze``. A sub-command sets ``func`` (via
 ``set_defaults``) to a callable ``func(args) -> int`` and may use the helpers of this module:
 :func:`add_source_args` / :func:`load_case` (model file or built-in example, ``--data``,
-``--width``, ``--steps``), :func:`load_data` (the one place that reads data files) and
+``--width``, ``--steps``), :func:`load_data` (data files, via :func:`pdenets.data.load_xy`) and
 :func:`finish` (report on stdout — exactly one JSON object with ``--json`` — and plots plus
 ``report.json`` written atomically into ``--out``).
 """
@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import _limits
 from ..errors import PdenetsError
-from ._common import add_json_flag, add_out_arguments, emit, output_directory
+from ._common import add_json_flag, add_out_arguments, check_result, emit, output_directory
 
 #: optional sub-sub-command modules ``analyze_<name>``, in --help order
 ANALYZERS = ("stability", "hessian", "controllability", "steady_state", "pmp")
@@ -186,42 +187,11 @@ EXAMPLES: dict[str, Callable[[], Case]] = {
 
 def load_data(path: str, need_targets: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a data file: an ``.npz`` with arrays ``x`` (inputs, ``(K, n)`` or ``(K, p, q)``)
-    and ``y`` (targets, ``(K, m)`` values or ``(K,)`` integer labels).
+    and ``y`` (targets, ``(K, m)`` values or ``(K,)`` integer labels), through the one
+    hardened reader of data files, :func:`pdenets.data.load_xy`."""
+    from ..data import load_xy
 
-    This is the single place where the analyses read data (to be replaced by a dataset
-    registry later).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise PdenetsError(f"data file {path!r} does not exist")
-    if p.suffix != ".npz":
-        raise PdenetsError(f"data file {path!r}: expected an .npz file with arrays x and y")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.keys())
-            if "x" not in keys or (need_targets and "y" not in keys):
-                raise PdenetsError(
-                    f"data file {path!r} must hold arrays 'x' and 'y' (found: "
-                    f"{', '.join(sorted(keys)) or 'none'})"
-                )
-            x = np.asarray(z["x"])
-            y = np.asarray(z["y"]) if "y" in keys else None
-    except PdenetsError:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise PdenetsError(f"cannot read data file {path!r}: {e}") from None
-    for name, a in (("x", x), ("y", y)):
-        if a is None:
-            continue
-        if not np.issubdtype(a.dtype, np.number):
-            raise PdenetsError(f"data file {path!r}: {name} is not numeric ({a.dtype})")
-        if not np.isfinite(a).all():
-            raise PdenetsError(f"data file {path!r}: {name} contains NaN or Inf")
-    if x.ndim < 2 or len(x) == 0:
-        raise PdenetsError(f"data file {path!r}: x must have shape (K, ...) with K >= 1")
-    if y is not None and len(y) != len(x):
-        raise PdenetsError(f"data file {path!r}: x has {len(x)} samples but y has {len(y)}")
-    return x.astype(np.float64), y
+    return load_xy(path, "data", need_targets, suffixes=(".npz",))
 
 
 def add_source_args(p: argparse.ArgumentParser, data_help: str = "data (.npz with x, y)") -> None:
@@ -269,10 +239,33 @@ def load_case(args, need_targets: bool = False, need_data: bool = True) -> Case:
             raise PdenetsError(f"--width must be a positive integer, got {args.width}")
         from ..quadrature import make_rule
 
-        width = make_rule(d.width.name, args.width, net.dim)
+        try:
+            width = make_rule(d.width.name, args.width, net.dim)
+        except PdenetsError as e:
+            raise PdenetsError(f"--width {args.width}: {e}") from None
     steps = d.steps if args.steps is None else args.steps
     net.discretization = Discretization(width, d.solver, steps)
     return case
+
+
+def check_analysis(net, batch: int, what: str, *, work: float, memory: float = 1.0,
+                   tape: bool = True, options: str = "", extra: _limits.Cost | None = None,
+                   ) -> None:
+    """Refuse an analysis whose estimate — ``work`` recorded forward solves (``tape``: with
+    their gradient) of ``batch`` inputs at the network's discretization, ``memory`` × the
+    memory of one, plus ``extra`` — exceeds the limits of :mod:`pdenets._limits`.
+    ``options`` names the analysis options that scale the work (e.g. ``"--k 30"``)."""
+    d = net.discretization
+    sizes = (f"--width {'x'.join(map(str, d.width.sizes))}, --steps {d.steps}, "
+             f"{batch} sample(s)" + (f", {options}" if options else ""))
+    cost = _limits.network_cost(net, d, batch, tape=tape).times(memory, work)
+    _limits.check_cost(cost + (extra or _limits.Cost()), sizes, what)
+
+
+def check_finite_results(**values) -> None:
+    """Raise when any named result (number or tensor) is NaN or Inf (once per analysis)."""
+    for name, v in values.items():
+        check_result(v, f"the result {name}")
 
 
 def as_targets(net, targets: np.ndarray, inputs) -> torch.Tensor:

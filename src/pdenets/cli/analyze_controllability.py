@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .analyze import add_source_args, as_targets, finish, float_list, load_case
+from .analyze import (
+    add_source_args,
+    as_targets,
+    check_analysis,
+    check_finite_results,
+    finish,
+    float_list,
+    load_case,
+)
 
 
 def register(asub) -> None:
@@ -53,6 +61,18 @@ def run(args) -> int:
                           "--samples")
     if any(c != int(c) for c in counts_f):
         raise PdenetsError("--samples must be integers")
+    if any(c < 1 for c in counts_f):
+        raise PdenetsError("--samples must be positive integers")
+    if args.delta is not None and not args.delta > 0:
+        raise PdenetsError(f"--delta must be a positive number, got {args.delta}")
+    # one L-BFGS fit per α, per T (steps scale with T/T_model) and per K: up to 1.25 solves
+    # with gradient per iteration
+    T0 = float(case.net.T)  # type: ignore[attr-defined]
+    fits = len(alphas) + sum(max(1.0, T / T0) for T in horizons) + len(counts_f)
+    check_analysis(net, int(max([len(case.inputs), *counts_f])), "the controllability study",
+                   work=1.25 * args.iters * fits,
+                   options=f"--iters {args.iters}, {len(alphas)} α, horizons up to "
+                   f"{max(horizons, default=T0):g}, {len(counts_f)} sample counts")
     counts = [int(c) for c in counts_f]
     xi = torch.as_tensor(case.inputs, dtype=torch.float64)
     y = as_targets(net, case.targets, case.inputs)
@@ -61,6 +81,7 @@ def run(args) -> int:
         sweep_alpha=args.sweep_alpha, delta=args.delta, max_iter=args.iters,
         params=args.params or "controls",
     )
+    check_finite_results(**{"terminal misfit": rep.misfit_at_smallest_alpha})
     lines = ["misfit against α:", format_table(rep.alpha, "alpha")]
     if rep.horizon:
         lines += [f"misfit against T (α = {rep.horizon[0].alpha:g}):",

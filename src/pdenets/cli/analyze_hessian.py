@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .analyze import add_source_args, as_targets, finish, load_case
+from .analyze import (
+    add_source_args,
+    as_targets,
+    check_analysis,
+    check_finite_results,
+    finish,
+    load_case,
+)
 
 
 def register(asub) -> None:
@@ -56,10 +63,17 @@ def run(args) -> int:
     optimize = case.optimize if args.optimize is None else args.optimize
     if optimize < 0:
         raise PdenetsError(f"--optimize must be >= 0, got {optimize}")
+    # Lanczos: one Hessian-vector product (double backward, ~4 solves) per step; L-BFGS: up
+    # to 1.25 evaluations (solve + gradient) per iteration; double backward keeps ~3 tapes
+    check_analysis(net, len(xi), "the Hessian analysis",
+                   work=2 + 4 * args.k + 1.25 * optimize, memory=3,
+                   options=f"--k {args.k}, --optimize {optimize}")
     if optimize:
         fit(net, xi, targets, alpha, params=params, max_iter=optimize, objective=obj)
     red = ReducedObjective(net, obj, xi, targets, params=params)
     rep = certify(red, k=args.k, tol=args.tol, grad_tol=args.grad_tol, seed=args.seed)
+    check_finite_results(J=rep.J, **{"‖∇J‖": rep.grad_norm, "λ_min": rep.lambda_min,
+                                     "λ_max": rep.lambda_max})
     d = rep.as_dict()
     lines = [
         f"J = {rep.J:.10g} over {rep.n_params} parameters ({', '.join(rep.parameters)}), "

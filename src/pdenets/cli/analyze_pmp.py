@@ -15,12 +15,20 @@ preprocessing as in training (by default the dataset it was trained on). α and 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
 
 from ..errors import PdenetsError
-from .analyze import add_source_args, as_targets, finish, load_case
+from .analyze import (
+    add_source_args,
+    as_targets,
+    check_analysis,
+    check_finite_results,
+    finish,
+    load_case,
+)
 
 
 def register(asub) -> None:
@@ -46,10 +54,12 @@ def register(asub) -> None:
 def _run_objective(model: str) -> tuple[float, float, str]:
     cfg_path = Path(model).parent / "config.toml"
     if cfg_path.is_file():
+        from .. import _limits
         from ..config import load_config
 
         try:
-            c = load_config(cfg_path)
+            with _limits.allow_large():  # only α, β are read: the run's sizes are not checked
+                c = load_config(cfg_path)
             return c.objective.alpha, c.objective.beta, str(cfg_path)
         except PdenetsError:
             pass
@@ -95,8 +105,14 @@ def run(args) -> int:
         x, y = x[:args.max_samples], y[:args.max_samples]
     if len(x) == 0:
         raise PdenetsError("no samples to analyze")
+    if not (math.isfinite(alpha) and math.isfinite(beta)):
+        raise PdenetsError(f"--alpha and --beta must be finite, got {alpha}, {beta}")
+    net.discretization = disc
+    # forward solve keeping every stage, the adjoint sweep and ∇_θH at every stage: ~4 solves
+    check_analysis(net, len(x), "the PMP diagnostics", work=4, memory=2)
     obj = Objective(loss, alpha, beta)
     rep = pmp_residual(net, x, y, obj, disc)
+    check_finite_results(J=rep.J, **{"max residual": rep.max_residual})
     payload = {"analysis": "pmp", "data": data_name, "loss_function": loss,
                "objective_from": source or None, **rep.as_dict()}
     text = f"PMP diagnostics on {data_name}, loss {loss}" + (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .analyze import add_source_args, finish, load_case
+from .analyze import add_source_args, check_analysis, check_finite_results, finish, load_case
 
 
 def register(asub) -> None:
@@ -31,8 +31,17 @@ def run(args) -> int:
         raise PdenetsError("--directions and --iters must be positive integers")
     case = load_case(args)
     net = case.net
+    if len(case.inputs) == 0:
+        raise PdenetsError("no inputs to analyze")
+    # power iteration: a linearized solve and its transpose per iteration; 4 perturbation
+    # scales × directions × (input and control) perturbed solves
+    check_analysis(net, len(case.inputs), "the stability analysis",
+                   work=2 + 3 * args.iters + 8 * args.directions, memory=2,
+                   options=f"--iters {args.iters}, --directions {args.directions}")
     xi = torch.as_tensor(case.inputs, dtype=torch.float64)
     rep = stability_report(net, xi, directions=args.directions, iters=args.iters, seed=args.seed)
+    check_finite_results(**{"Lipschitz estimate": rep.lipschitz.value,
+                            "∫‖w(t)‖dt": rep.integrated_operator_norm})
     d = rep.as_dict()
     lines = [
         f"∫‖w(t)‖dt = {rep.integrated_operator_norm:.6g}, L_σ = {rep.lipschitz_sigma:g}",

@@ -3,9 +3,12 @@ linearization, stability verdict and a confirming large-time simulation (MODEL.m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .analyze import add_source_args, finish, load_case
+from .. import _limits
+from .analyze import add_source_args, check_analysis, check_finite_results, finish, load_case
 
 
 def register(asub) -> None:
@@ -30,13 +33,28 @@ def register(asub) -> None:
 
 
 def run(args) -> int:
+    import math
+
     from ..analysis.steady_state import analyze_steady_state, plot_steady_state
     from ..errors import PdenetsError
 
-    if not args.horizon > 0 or not args.perturbation > 0:
-        raise PdenetsError("--horizon and --perturbation must be positive")
+    if not (args.horizon > 0 and args.perturbation > 0 and math.isfinite(args.horizon)
+            and math.isfinite(args.perturbation)):
+        raise PdenetsError("--horizon and --perturbation must be finite positive numbers")
+    if args.depth is not None and not math.isfinite(args.depth):
+        raise PdenetsError(f"--depth must be a finite number, got {args.depth}")
     case = load_case(args, need_data=args.init == "input")
-    net = case.net
+    net: Any = case.net
+    # Newton with dense N×N Jacobians (least squares, ~2N³ each, ≤ 50 iterations), one
+    # eigen-decomposition (~10N³); the simulation: 4 perturbed states, RK4, a number of steps
+    # that grows with the horizon (capped at 200000 by the analysis)
+    N = 1.0
+    for n in net.discretization.width.sizes:
+        N *= n
+    sim_steps = 0.0 if args.no_simulation else min(200_000.0, 100.0 + 10.0 * args.horizon)
+    dense = _limits.Cost(8.0 * 12 * N * N, 110.0 * N**3)
+    check_analysis(net, 4, "the steady-state analysis", work=sim_steps / net.discretization.steps,
+                   tape=False, extra=dense, options=f"--horizon {args.horizon:g}")
     grid = net.grid(net.discretization.width)
     u_init = None
     if args.init == "input":
@@ -48,6 +66,8 @@ def run(args) -> int:
     rep = analyze_steady_state(net.controls, net.dynamics, grid, u_init, depth=args.depth,
                                horizon=None if args.no_simulation else args.horizon,
                                perturbation=args.perturbation, seed=args.seed)
+    if rep.converged:
+        check_finite_results(**{"‖u*‖": rep.u_norm, "max Re λ": rep.max_real})
     top = ", ".join(f"{r:.6g}{i:+.3g}i" if abs(i) > 0 else f"{r:.6g}"
                     for r, i in list(zip(rep.eigenvalues_real, rep.eigenvalues_imag))[:5])
     lines = [

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import _limits
 from ..dynamics import make_dynamics
 from ..errors import ConfigError, PdenetsError
 from ..hjb import (
@@ -34,7 +35,14 @@ from ..hjb import (
 from ..integrators import make_solver
 from ..modelfile import atomic_write_bytes
 from ..quadrature import make_rule
-from ._common import add_json_flag, add_out_arguments, emit, output_directory, progress
+from ._common import (
+    add_json_flag,
+    add_out_arguments,
+    check_result,
+    emit,
+    output_directory,
+    progress,
+)
 
 _NUM, _INT, _STR, _NUMS, _INTS, _STARTS = "number", "integer", "string", "numbers", "ints", "starts"
 
@@ -169,6 +177,7 @@ def build(cfg: dict) -> tuple[ReducedProblem, StateGrid, HJBOptions, torch.Tenso
     """The problem, state grid, solver options and v0 described by a validated config;
     invalid values raise :class:`ConfigError` naming the table."""
     pr, gr, so = cfg["problem"], cfg["grid"], cfg["solver"]
+    _check_sizes_early(cfg)
     try:
         dyn = make_dynamics(pr["dynamics"], pr["activation"], pr["eps"])
         rule = make_rule(pr["rule"], pr["width"], 1)
@@ -217,7 +226,89 @@ def build(cfg: dict) -> tuple[ReducedProblem, StateGrid, HJBOptions, torch.Tenso
                           f"({di['intervals']})")
     if cfg["plot"]["depths"] < 1:
         raise ConfigError(f"[plot] depths must be >= 1, got {cfg['plot']['depths']}")
+    _check_work(cfg, problem, grid, opts)
     return problem, grid, opts, v0
+
+
+#: work of one grid point in one time step, per state dimension and width node (inner
+#: minimization over candidates with Newton polishing, fluxes): measured ~6 µs for D = N = 2
+#: on one core (examples/hjb_tanh.toml), charged as 9 µs at the rate of pdenets._limits
+_POINT_STEP_FLOPS = 7500.0
+
+
+def _check_sizes_early(cfg: dict) -> None:
+    """Sizes checked before anything is built (MODEL.md §8): the state dimension
+    D = samples × width nodes and the grid of points^D values (:mod:`pdenets._limits`)."""
+    pr, gr, so = cfg["problem"], cfg["grid"], cfg["solver"]
+    for table, key in (("problem", "width"), ("problem", "samples"), ("solver", "snapshots"),
+                       ("closed_loop", "steps"), ("direct", "max_iter")):
+        v = cfg[table][key]
+        if v < 1:
+            raise ConfigError(f"[{table}] {key} must be >= 1, got {v}")
+    for key in ("inner_points", "max_steps"):
+        if so[key] < 1:
+            raise ConfigError(f"[solver] {key} must be >= 1, got {so[key]}")
+    if so["newton_iters"] < 0:
+        raise ConfigError(f"[solver] newton_iters must be >= 0, got {so['newton_iters']}")
+    if not pr["T"] > 0:
+        raise ConfigError(f"[problem] T must be > 0, got {pr['T']}")
+    D = _limits.count(pr["samples"]) * _limits.count(pr["width"])
+    pts = gr["points"]
+    if isinstance(pts, list):
+        if len(pts) not in (1, D):
+            return  # StateGrid names the mismatch
+        size = 1.0
+        for n in pts:
+            size *= _limits.count(n)
+        if len(pts) == 1:
+            size = _limits.power(pts[0], D)
+    else:
+        size = _limits.power(pts, D)
+    sizes = (f"[problem] samples = {pr['samples']}, width = {pr['width']} (D = {D:.4g}); "
+             f"[grid] points = {pts if not isinstance(pts, list) or len(pts) < 6 else '[...]'}")
+    if so["max_memory_gb"] is None:
+        _limits.check_memory(8.0 * size * (9 + 3 * D + so["snapshots"]) + 8.0 * D * D, sizes,
+                             f"the HJB grid of {size:.4g} points in D = {D:.4g} dimensions")
+    _limits.check_flops(size * _POINT_STEP_FLOPS * D, sizes,
+                        f"one time step on the HJB grid of {size:.4g} points")
+
+
+def _check_work(cfg: dict, problem, grid, opts) -> None:
+    """The memory of the solve (:func:`pdenets.hjb.estimate_memory`, unless
+    ``max_memory_gb`` is given) and its time: the number of time steps T/dt is estimated at
+    unit characteristic speed (dt = cfl / Σ_d 1/h_d for Lax–Friedrichs, cfl · min_d h_d for
+    semi-Lagrangian) and must stay within ``max_steps``; the work is steps × points ×
+    :data:`_POINT_STEP_FLOPS` · D · (N + 1), plus the closed loop and the direct method."""
+    from ..hjb import estimate_memory
+
+    pr, so, cl, di = cfg["problem"], cfg["solver"], cfg["closed_loop"], cfg["direct"]
+    h = [float(v) for v in grid.h]
+    if opts.scheme == "lax-friedrichs":
+        steps = problem.T * sum(1.0 / v for v in h) / opts.cfl
+    else:
+        steps = problem.T / (opts.cfl * min(h))
+    steps = max(steps, float(opts.snapshots - 1))
+    where = (f"[problem] T = {pr['T']:g} with [grid] points = {list(grid.shape)[:6]} and "
+             f"[solver] cfl = {opts.cfl:g}")
+    if steps > opts.max_steps and not _limits.override_active():
+        raise _limits.SizeLimitError(
+            f"{where}: the HJB solve needs about {steps:.3g} time steps (T/dt at unit speed), "
+            f"more than [solver] max_steps = {opts.max_steps}; {_limits.HINT}")
+    if so["max_memory_gb"] is None:
+        _limits.check_memory(estimate_memory(problem, grid, opts), where, "the HJB solve")
+    D, N = problem.D, problem.N
+    per_point = _POINT_STEP_FLOPS * D * (N + 1) * (1 + opts.newton_iters / 8)
+    solve = min(steps, opts.max_steps) * (grid.size * per_point + 5e6)
+    _limits.check_flops(solve, where, f"the HJB solve (~{steps:.3g} time steps)")
+    evals = 4.0 * cl["steps"] * (1 + len(cl["starts"]))
+    loop = evals * (2.0**min(D, 60) * D * 10 + per_point + _limits.EVAL_OVERHEAD_FLOPS)
+    _limits.check_flops(loop, f"[closed_loop] steps = {cl['steps']}", "the closed loop")
+    if di["intervals"] > 0:
+        dsteps = di["steps"] if di["steps"] is not None else 4 * di["intervals"]
+        cost = _limits.solve_cost(nodes=N, batch=problem.B, steps=dsteps, tape=True)
+        _limits.check_cost(cost.times(1.0, 1.25 * di["max_iter"] * 5),
+                           f"[direct] steps = {dsteps}, max_iter = {di['max_iter']}",
+                           "the direct method")
 
 
 def _is_closed_form(problem: ReducedProblem) -> bool:
@@ -234,8 +325,8 @@ def _is_closed_form(problem: ReducedProblem) -> bool:
 def run(args) -> int:
     cfg = load_config(args.config)
     problem, grid, opts, v0 = build(cfg)
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0, got {args.threads}")
+    if not 0 <= args.threads <= 1024:
+        raise ConfigError(f"--threads must be between 0 and 1024, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     sol = solve_hjb(problem, grid, opts)
@@ -247,6 +338,9 @@ def run(args) -> int:
     starts = [v0] + [torch.tensor(s, dtype=torch.float64) for s in cl_cfg["starts"]]
     loops = [closed_loop(sol, s, steps=cl_cfg["steps"], solver=solver) for s in starts]
     main = loops[0]
+    check_result(V0, "V(0, v0)")
+    for c in loops:
+        check_result(c.cost, "the closed-loop cost")
     exact = None
     if _is_closed_form(problem):
         exact = float(closed_form_value(0.0, v0, problem.target[0], problem.alpha, problem.T,

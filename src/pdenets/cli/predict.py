@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import PdenetsError
-from ._common import add_json_flag, emit, load_array
-from .evaluate import add_discretization_flags
+from ._common import add_json_flag, check_result, emit, load_array
+from .evaluate import add_discretization_flags, check_forward, checked_discretization
 
 
 def register(sub) -> None:
@@ -25,20 +24,18 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..data import preprocess
     from ..modelfile import load_model
-    from ..training import discretization_from
 
     net = load_model(args.model)
     x = load_array(args.input)
     if x.ndim == 1:
         x = x[None]
     x = preprocess(x, getattr(net, "extra", {}).get("preprocess", {}))
-    for flag in ("width", "steps"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise PdenetsError(f"--{flag} must be a positive integer, got {v}")
-    disc = discretization_from(net, args.width, args.steps, args.method, args.rule)
+    disc = checked_discretization(net, args)
+    check_forward(net, disc, len(x), "the prediction", chunk=len(x))
     with torch.no_grad():
-        out = net(torch.as_tensor(x, dtype=next(net.parameters()).dtype), disc).numpy()
+        out = net(torch.as_tensor(x, dtype=next(net.parameters()).dtype), disc)
+    check_result(out, "the predicted outputs")
+    out = out.numpy()
     task = getattr(net, "extra", {}).get("task", "classification")
     payload: dict = {"outputs": out.tolist()}
     if task == "classification":

@@ -7,13 +7,21 @@ import io
 import numpy as np
 import torch
 
+from .. import _limits
 from ..errors import PdenetsError
 from ..examples import EXAMPLES, example_network
 from ..integrators import SOLVERS, make_solver
 from ..modelfile import atomic_write_bytes, load_model
 from ..network import Discretization
 from ..quadrature import RULES, make_rule
-from ._common import add_json_flag, add_out_arguments, emit, load_array, output_directory
+from ._common import (
+    add_json_flag,
+    add_out_arguments,
+    check_result,
+    emit,
+    load_array,
+    output_directory,
+)
 
 
 def register(sub) -> None:
@@ -49,7 +57,25 @@ def _discretization(args, net) -> Discretization:
     solver_name = args.solver or base.solver.name
     opts = {"rtol": args.rtol, "atol": args.atol} if solver_name == "dopri5" else {}
     steps = args.steps if args.steps is not None else base.steps
-    return Discretization(make_rule(rule, width, net.dim), make_solver(solver_name, **opts), steps)
+    if steps < 1:
+        raise PdenetsError(f"--steps must be a positive integer, got {steps}")
+    try:
+        rule_ = make_rule(rule, width, net.dim)
+    except PdenetsError as e:
+        raise PdenetsError(f"--width {args.width}: {e}" if args.width is not None else str(e)) \
+            from None
+    return Discretization(rule_, make_solver(solver_name, **opts), steps)
+
+
+def _check_sizes(args, net, disc: Discretization, batch: int) -> None:
+    """Memory and time estimates of the solve and the saved field (:mod:`pdenets._limits`)."""
+    saves = args.saves if disc.solver.adaptive else min(args.saves, disc.steps + 1) + 1
+    sizes = (f"--steps {disc.steps}, --width {'x'.join(map(str, disc.width.sizes))}, "
+             f"--saves {args.saves}, {batch} input(s)")
+    cost = _limits.network_cost(net, disc, batch, saves=saves)
+    # the saved depths are also a Python list and a float64 array: ~64 bytes each
+    cost = cost + _limits.Cost(64.0 * saves, 0.0)
+    _limits.check_cost(cost, sizes, "the forward solve and its saved field")
 
 
 def run(args) -> int:
@@ -71,6 +97,7 @@ def run(args) -> int:
         raise PdenetsError(f"--saves must be >= 2, got {args.saves}")
     if xi.ndim == 1:
         xi = xi[None, :]
+    _check_sizes(args, net, disc, len(xi))
     if disc.solver.adaptive:
         saveat = list(np.linspace(0.0, net.T, args.saves))
     else:
@@ -80,6 +107,8 @@ def run(args) -> int:
             saveat.append(net.T)
     with torch.no_grad():
         sol = net.solve(torch.as_tensor(xi, dtype=dtype), disc, saveat=saveat)
+    check_result(sol.outputs, "the outputs R u(T)")
+    check_result(sol.us, "the field u(x, t)")
     u = sol.us.cpu().numpy()
     nodes = sol.grid.nodes.cpu().numpy()
     outputs = sol.outputs.cpu().numpy()
