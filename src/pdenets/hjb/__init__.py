@@ -15,6 +15,8 @@ module                 contents
 ``grid``               :class:`StateGrid` (box grid, multilinear interpolation, differences)
 ``schemes``            :class:`Scheme` interface, :class:`LaxFriedrichs`, :class:`SemiLagrangian`,
                        the name registry (:func:`register_scheme`, :func:`get_scheme`)
+``high_order``         ENO2/WENO5 + local Lax–Friedrichs + TVD-RK2/3 (``eno2-rk2``,
+                       ``weno5-rk3``, :class:`HighOrder`)
 ``solve``              :class:`HJBOptions`, :func:`estimate_memory`, :func:`solve_hjb`
 ``solution``           :class:`HJBSolution` (value, gradient, optimal feedback)
 ``closed_loop``        :func:`closed_loop` — the forward problem under the feedback
@@ -42,6 +44,7 @@ from .closed_form import closed_form_feedback, closed_form_value
 from .closed_loop import ClosedLoop, closed_loop
 from .direct import DirectResult, direct_method
 from .grid import StateGrid
+from .high_order import ENO2RK2, WENO5RK3, HighOrder, one_sided_high_order
 from .problem import CONTROL_SETS as CONTROL_SETS
 from .problem import TERMINALS as TERMINALS
 from .problem import ReducedProblem
@@ -58,7 +61,7 @@ from .schemes import (
     scheme_names,
 )
 from .solution import HJBSolution
-from .solve import HJBOptions, estimate_memory, solve_hjb
+from .solve import PARALLEL_MIN_POINTS, HJBOptions, estimate_memory, solve_hjb
 from .solve import _default_memory_limit as _default_memory_limit  # used by benchmarks
 
 __all__ = [
@@ -68,4 +71,10 @@ __all__ = [
     # scheme interface
     "LaxFriedrichs", "MarchContext", "Scheme", "SemiLagrangian", "StepPlan", "get_scheme",
     "register_scheme", "scheme_names",
+    # high-order schemes
+    "ENO2RK2", "HIGH_ORDER_SCHEMES", "HighOrder", "PARALLEL_MIN_POINTS", "WENO5RK3",
+    "one_sided_high_order",
 ]
+
+#: names of the registered high-order schemes (:mod:`pdenets.hjb.high_order`)
+HIGH_ORDER_SCHEMES: tuple[str, ...] = (ENO2RK2.name, WENO5RK3.name)
