@@ -21,6 +21,9 @@ module                 contents
 ``solution``           :class:`HJBSolution` (value, gradient, optimal feedback)
 ``closed_loop``        :func:`closed_loop` — the forward problem under the feedback
 ``direct``             :func:`direct_method` — an independent reference for V(0, v0)
+``tpbvp``              :func:`solve_tpbvp` — batched two-point boundary problems (V, D_vV data)
+``value_model``        :class:`ValueModel` (quadratic part + small net), :func:`fit_value_model`
+``sampled``            :func:`solve_sampled`, :class:`SampledSolution`, :func:`run_sampled`
 ``closed_form``        the closed-form case of §8 (w ≡ 0, σ = identity, bias control)
 =====================  ==========================================================================
 
@@ -60,7 +63,10 @@ from .schemes import (
     register_scheme,
     scheme_names,
 )
+from .sampled import SampledOptions, SampledSolution, run_sampled, solve_sampled
 from .solution import HJBSolution
+from .tpbvp import Trajectories, solve_tpbvp
+from .value_model import ValueModel, fit_value_model
 from .solve import PARALLEL_MIN_POINTS, HJBOptions, estimate_memory, solve_hjb
 from .solve import _default_memory_limit as _default_memory_limit  # used by benchmarks
 
@@ -74,6 +80,9 @@ __all__ = [
     # high-order schemes
     "ENO2RK2", "HIGH_ORDER_SCHEMES", "HighOrder", "PARALLEL_MIN_POINTS", "WENO5RK3",
     "one_sided_high_order",
+    # sampled method
+    "SampledOptions", "SampledSolution", "Trajectories", "ValueModel", "fit_value_model",
+    "run_sampled", "solve_sampled", "solve_tpbvp",
 ]
 
 #: names of the registered high-order schemes (:mod:`pdenets.hjb.high_order`)
