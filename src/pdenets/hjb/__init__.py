@@ -52,6 +52,7 @@ from .problem import CONTROL_SETS as CONTROL_SETS
 from .problem import TERMINALS as TERMINALS
 from .problem import ReducedProblem
 from .problem import RowSolution as RowSolution
+from .sampled import SampledOptions, SampledSolution, run_sampled, solve_sampled
 from .schemes import (
     SCHEMES,
     LaxFriedrichs,
@@ -63,12 +64,11 @@ from .schemes import (
     register_scheme,
     scheme_names,
 )
-from .sampled import SampledOptions, SampledSolution, run_sampled, solve_sampled
 from .solution import HJBSolution
-from .tpbvp import Trajectories, solve_tpbvp
-from .value_model import ValueModel, fit_value_model
 from .solve import PARALLEL_MIN_POINTS, HJBOptions, estimate_memory, solve_hjb
 from .solve import _default_memory_limit as _default_memory_limit  # used by benchmarks
+from .tpbvp import Trajectories, solve_tpbvp
+from .value_model import ValueModel, fit_value_model
 
 __all__ = [
     "SCHEMES", "ClosedLoop", "DirectResult", "HJBOptions", "HJBSolution", "ReducedProblem",
