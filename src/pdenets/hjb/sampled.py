@@ -261,7 +261,8 @@ def _solve_sampled(problem: ReducedProblem, opts: SampledOptions,
     r = 0
     while True:
         model = ValueModel(D, problem.T, degree, opts.hidden, opts.layers).to(dev)
-        fit = fit_value_model(model, *(x.to(dev) for x in _data(train)), iters=opts.fit_iter)
+        td, vd, Vd, Gd = (x.to(dev) for x in _data(train))
+        fit = fit_value_model(model, td, vd, Vd, Gd, iters=opts.fit_iter)
         model = model.to("cpu")
         sol.model = model
         ev, eg, _ = _errors(model, val_set)

@@ -75,6 +75,8 @@ class ValueModel(nn.Module):
             nn.init.zeros_(last.bias)
             self.net = nn.Sequential(*mods, last)
         #: centre and scale of the network's input states (set by the fit)
+        self.v_mean: torch.Tensor
+        self.v_scale: torch.Tensor
         self.register_buffer("v_mean", torch.zeros(D, dtype=_DTYPE))
         self.register_buffer("v_scale", torch.ones(D, dtype=_DTYPE))
 
