@@ -210,14 +210,16 @@ def figures(quick: bool) -> dict:
               f"worst {row['value_worst']:.2e}; closed loop vs direct median "
               f"{row['closed_loop_median']:.2e} worst {row['closed_loop_worst']:.2e}; "
               f"{row['trajectories']} trajectories, {sec:.1f} s", flush=True)
-    for threads in (1, 2):
+    for threads, force in ((1, True), (2, False), (2, True)):
+        # force=False: torch set to 2 threads, the solver's default policy (threads=None)
         spec = {"kind": "affine", "D": 2, "n": 161, "steps": 20, "threads": threads,
-                "force": True}
+                "force": force}
         res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                              capture_output=True, text=True, check=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
-        out["threads"].append({"threads": threads, "seconds": r["seconds"], "rate": r["rate"]})
-        print(f"threads={threads}: closed form 161^2, {r['time_steps']} steps in "
+        out["threads"].append({"threads": threads, "forced": force, "seconds": r["seconds"],
+                               "rate": r["rate"]})
+        print(f"torch threads={threads} ({'forced' if force else 'default policy'}): closed form 161^2, {r['time_steps']} steps in "
               f"{r['seconds']:.3f} s ({r['rate']:.3g} pt-steps/s)", flush=True)
     return out
 
