@@ -219,7 +219,8 @@ def figures(quick: bool) -> dict:
         r = json.loads(res.stdout.strip().splitlines()[-1])
         out["threads"].append({"threads": threads, "forced": force, "seconds": r["seconds"],
                                "rate": r["rate"]})
-        print(f"torch threads={threads} ({'forced' if force else 'default policy'}): closed form 161^2, {r['time_steps']} steps in "
+        how = "forced" if force else "default policy"
+        print(f"torch threads={threads} ({how}): closed form 161^2, {r['time_steps']} steps in "
               f"{r['seconds']:.3f} s ({r['rate']:.3g} pt-steps/s)", flush=True)
     return out
 
