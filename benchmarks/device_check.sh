@@ -26,3 +26,5 @@ timeout 270 $PY -m benchmarks --quick --device cuda --out /tmp/pdenets_bench 2>&
 cp /tmp/pdenets_bench/results.json "$OUT/bench_results.json" 2>/dev/null
 cp /tmp/pdenets_bench/results.md "$OUT/bench_results.md" 2>/dev/null
 echo "== done"
+echo "== HJB grid solver: CUDA vs CPU speed-up (issue 16)"
+timeout 240 $PY benchmarks/bench_hjb.py --gpu-speedup 2>&1 | tee "$OUT/hjb_gpu_speedup.txt" | tail -6

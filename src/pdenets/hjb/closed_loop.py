@@ -8,6 +8,7 @@ the cost.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from ..errors import PdenetsError
 from ..integrators import RK4, Solver, System, integrate
 from ._tensors import _DTYPE, _states
 from .solution import HJBSolution
+
+if TYPE_CHECKING:
+    from .sampled import SampledSolution
 
 
 @dataclass
@@ -44,9 +48,10 @@ class ClosedLoop:
 
 
 def closed_loop(
-    solution: HJBSolution, v0, *, steps: int = 200, solver: Solver | None = None
+    solution: HJBSolution | SampledSolution, v0, *, steps: int = 200, solver: Solver | None = None
 ) -> ClosedLoop:
-    """Run the forward problem from ``v0`` (``(D,)``) under the feedback θ*(t, u(t)).
+    """Run the forward problem from ``v0`` (``(D,)``) under the feedback θ*(t, u(t)) of a grid
+    (:class:`HJBSolution`) or sampled (:class:`~pdenets.hjb.sampled.SampledSolution`) solution.
 
     The state is augmented with the accumulated running cost and integrated with
     :func:`pdenets.integrators.integrate` (RK4 by default); f is evaluated by the dynamics'

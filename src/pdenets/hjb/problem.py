@@ -30,6 +30,7 @@ monotone, σ'' — come from :class:`pdenets.activations.Activation`.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,27 @@ class ReducedProblem:
         self.kappa = self.alpha * self.weights  # α ω_i
 
     # -- helpers -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device of the problem's tensors."""
+        return self.weights.device
+
+    def to(self, device: str | torch.device) -> ReducedProblem:
+        """A copy whose tensors (weights, targets, fixed controls, Laplacian) live on
+        ``device``; ``self`` if they already do."""
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise PdenetsError(f"device {str(device)!r} requested but CUDA is not available")
+        if self.device == dev:
+            return self
+        new = copy.copy(self)
+        new.grid = self.width.grid(_DTYPE, dev)
+        new.nodes, new.weights = new.grid.nodes, new.grid.weights
+        new.target, new.w0, new.b0 = (x.to(dev) for x in (self.target, self.w0, self.b0))
+        new.lap = laplacian_for(new.grid) if self.lap is not None else None
+        new.kappa = new.alpha * new.weights
+        return new
+
     def __repr__(self) -> str:
         return (
             f"ReducedProblem({self.dynamics!r}, N={self.N}, B={self.B}, D={self.D}, "
@@ -195,7 +217,7 @@ class ReducedProblem:
         """L(θ) = (α/2)(‖w‖² + ‖b‖²) of the controlled parts (``w``: ``(..., N, N)``,
         ``b``: ``(..., N)``; pass None for an uncontrolled part)."""
         om = self.weights
-        total = torch.zeros((), dtype=_DTYPE)
+        total = torch.zeros((), dtype=_DTYPE, device=om.device)
         if "w" in self.controls and w is not None:
             total = total + ((w * w) * om[:, None] * om[None, :]).sum((-1, -2))
         if "b" in self.controls and b is not None:

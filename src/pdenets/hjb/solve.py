@@ -5,6 +5,16 @@
 ``snapshots`` equidistant depths at which V is stored. Everything is vectorized over the grid
 (torch, float64) and processed in chunks of grid points; the memory need is estimated (and
 checked against ``max_memory``) before any grid-sized allocation.
+
+Devices and threads: ``HJBOptions.device`` runs the march on that device (``"cuda"``: the
+problem and grid are copied there; the stored snapshots come back to the CPU, so the
+:class:`HJBSolution` is a CPU object either way). On the CPU the march's kernels work on
+chunks of a few thousand points, where OpenMP intra-op parallelism does not pay: worse, the
+worker threads busy-wait between the many small kernels, and on a machine with more runnable
+processes than cores that made 2 threads 15–30× slower than 1. ``HJBOptions.threads = None``
+(default) therefore runs the march with one intra-op thread when chunks are below
+:data:`PARALLEL_MIN_POINTS` points (torch's setting otherwise) and restores the setting
+afterwards; an integer forces that many threads.
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ from .schemes import MarchContext, Scheme, get_scheme
 from .solution import HJBSolution
 
 _CHUNK_BYTES = 48 * 2**20
+#: chunks of at least this many grid points use torch's intra-op threads (``threads=None``)
+PARALLEL_MIN_POINTS = 1 << 17
 
 
 def _default_memory_limit() -> int:
@@ -60,6 +72,11 @@ class HJBOptions:
         Newton polishing steps of the inner minimization.
     max_steps : int
         Budget of time steps.
+    device : str
+        Device of the march (``"cpu"``, ``"cuda"``, ``"cuda:1"``, …).
+    threads : int or None
+        Intra-op threads of the march on the CPU; None: one for chunks below
+        :data:`PARALLEL_MIN_POINTS` points, else torch's setting (module docstring).
     """
 
     scheme: str | Scheme = "lax-friedrichs"
@@ -69,6 +86,8 @@ class HJBOptions:
     inner_points: int = 7
     newton_iters: int = 8
     max_steps: int = 1_000_000
+    device: str = "cpu"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         scheme = get_scheme(self.scheme)
@@ -84,6 +103,16 @@ class HJBOptions:
                 or self.newton_iters < 0:
             raise PdenetsError(f"newton_iters must be an integer >= 0, got {self.newton_iters!r}")
         check_positive(self.max_steps, "max_steps", integer=True)
+        if self.threads is not None:
+            check_positive(self.threads, "threads", integer=True)
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise PdenetsError(f"unknown device {self.device!r}") from e
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise PdenetsError(f"device {self.device!r} requested but CUDA is not available")
+        if dev.type not in ("cpu", "cuda"):
+            raise PdenetsError(f"device must be 'cpu' or 'cuda[:k]', got {self.device!r}")
 
     @property
     def scheme_object(self) -> Scheme:
@@ -156,12 +185,30 @@ def solve_hjb(
             f"{limit / 2**30:.3g} GiB; use fewer points per dimension, fewer snapshots, a "
             f"smaller D, or raise max_memory"
         )
-    t_start = time.perf_counter()
-    P, D = grid.size, grid.D
+    dev = torch.device(opts.device)
     chunk = _chunk_size(problem, opts, grid)
+    threads = opts.threads
+    if threads is None:
+        threads = 1 if chunk < PARALLEL_MIN_POINTS else torch.get_num_threads()
+    saved_threads = torch.get_num_threads()
+    if dev.type == "cpu" and threads != saved_threads:
+        torch.set_num_threads(threads)
+    try:
+        return _march(problem.to(dev), grid.to(dev), opts, chunk, threads, problem, grid)
+    finally:
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
+
+
+def _march(problem: ReducedProblem, grid: StateGrid, opts: HJBOptions, chunk: int,
+           threads: int, user_problem: ReducedProblem, user_grid: StateGrid) -> HJBSolution:
+    """The backward march of :func:`solve_hjb` on the device of ``problem`` and ``grid``."""
+    t_start = time.perf_counter()
+    dev = grid.device
+    P, D = grid.size, grid.D
     spans = [(s, min(s + chunk, P)) for s in range(0, P, chunk)]
-    V = torch.empty(P, dtype=_DTYPE)
-    bound = torch.zeros(D, dtype=_DTYPE) if problem.sup_psi is not None else None
+    V = torch.empty(P, dtype=_DTYPE, device=dev)
+    bound = torch.zeros(D, dtype=_DTYPE, device=dev) if problem.sup_psi is not None else None
     coords = [grid.points(s, e) for s, e in spans]
     for (s, e), x in zip(spans, coords):
         V[s:e] = problem.terminal_cost(x)
@@ -174,7 +221,7 @@ def solve_hjb(
     T = problem.T
     snap_t = [T * j / (S - 1) for j in range(S)]
     values = torch.empty((S, *grid.shape), dtype=_DTYPE)
-    values[S - 1] = V.reshape(grid.shape)
+    values[S - 1] = V.reshape(grid.shape).cpu()
     scheme = opts.scheme_object
     ctx = MarchContext(problem, grid, float(opts.cfl), opts.inner_points, opts.newton_iters,
                        spans, coords, bound, T)
@@ -197,20 +244,23 @@ def solve_hjb(
             raise PdenetsError(f"HJB: non-finite values at t = {t:.6g} ({scheme.name}); "
                                "check the box, alpha and cfl")
         if j_hit is not None:
-            values[j_hit] = V.reshape(grid.shape)
+            values[j_hit] = V.reshape(grid.shape).cpu()
             j = j_hit - 1
         if steps >= opts.max_steps and j >= 0:
             raise PdenetsError(f"HJB: more than max_steps = {opts.max_steps} time steps "
                                f"(t = {t:.6g}); coarsen the grid or raise max_steps")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t_start
     stats = {
         "steps": steps, "seconds": seconds, "grid_points": P,
         "point_steps_per_second": P * steps / max(seconds, 1e-12),
-        "memory_estimate": estimate_memory(problem, grid, opts), "max_speed": max_speed,
-        "chunk": chunk, "scheme": scheme.name,
+        "memory_estimate": estimate_memory(user_problem, user_grid, opts), "max_speed": max_speed,
+        "chunk": chunk, "scheme": scheme.name, "device": str(dev),
+        "threads": threads if dev.type == "cpu" else None,
     }
     times = torch.tensor(snap_t, dtype=_DTYPE)
-    return HJBSolution(problem, grid, opts, times, values, stats)
+    return HJBSolution(user_problem, user_grid, opts, times, values, stats)
 
 
 def _clip_step(dt: float, t: float, snap_t: list[float], j: int):
