@@ -48,4 +48,4 @@ docs: $(DOCS_STAMP)
 	  $(BIN)/python $$f --out docs/gallery $(GALLERY_FLAGS) > docs/gallery/$$n.txt.tmp || exit 1; \
 	  mv docs/gallery/$$n.txt.tmp docs/gallery/$$n.txt; \
 	done
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
