@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file as st_load_file
+from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .._outputs import atomic_write_bytes
@@ -138,7 +138,7 @@ def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     path = Path(path)
     info = checkpoint_info(path)
     try:
-        tensors = st_load_file(path)
+        tensors = st_load(path.read_bytes())
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: {e}") from None
     trainer.method.before_load(trainer, info)
