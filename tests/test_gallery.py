@@ -67,8 +67,12 @@ def test_adjoint_memory(tmp_path):
     r = gallery_run("adjoint_memory", tmp_path)
     steps = np.array(r["steps"], float)
     peak = {k: np.array(v) for k, v in r["peak_mib"].items()}
-    # the continuous adjoint's memory does not depend on the number of steps
-    assert peak["continuous"].max() <= 1.05 * peak["continuous"].min(), peak["continuous"]
+    # the continuous adjoint's memory does not depend on the number of steps: no growth over
+    # the last doublings of S, and at most a fixed small overhead over the whole range (the
+    # fast mode's field is tiny: 8 KiB of per-solve bookkeeping are 7 % of it)
+    c = peak["continuous"]
+    assert c[-1] <= 1.01 * c[-3], c
+    assert c.max() <= 1.10 * c.min(), c
     # autograd keeps every step: memory grows (asymptotically linearly) with S
     assert np.all(np.diff(peak["discrete"]) > 0)
     inc = np.diff(peak["discrete"]) / np.diff(steps)  # bytes per extra step: constant

@@ -141,3 +141,41 @@ def test_cli_train_multilevel(tmp_path):
     assert math.isfinite(m["test_loss"])
     net = pn.load_model(out / "model.safetensors")
     assert net.controls.size == (5,) and net.discretization.steps == 4
+
+
+def test_multilevel_is_a_registered_method_resolved_by_name():
+    """``make_trainer`` finds the method through the registry (its module imported by name):
+    the same run as :class:`MultilevelTrainer`, bit for bit."""
+    from pdenets.training import make_trainer
+    from pdenets.training.methods import PLUGINS, get_method
+
+    assert PLUGINS["multilevel"] == "pdenets.multilevel"
+    assert get_method("multilevel").__name__ == "MultilevelMethod"
+    cfg = load_config(None, SMALL + ["train.method=multilevel", "train.level_epochs=1,2"])
+    ds = load_dataset("iris")
+    a = make_trainer(cfg, ds).fit()
+    b = MultilevelTrainer(cfg, ds).fit()
+    for (k, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+        assert torch.equal(x, y), k
+    assert a.metrics["levels"] == b.metrics["levels"] and len(a.history) == 3
+
+
+def test_multilevel_msa_resume_restores_the_inner_counters(tmp_path):
+    """Resumed within the finest level, the inner MSA gets ρ and its counters back from the
+    history: the resumed run equals the uninterrupted one."""
+    cfg = load_config(None, SMALL + ["train.level_method=msa", "train.level_epochs=1,2",
+                                     "train.msa_inner_steps=2"])
+    ds = load_dataset("iris")
+    full = MultilevelTrainer(cfg, ds)
+    rf = full.fit()
+    part = MultilevelTrainer(cfg, ds, checkpoint_path=tmp_path / "ck.safetensors")
+    part.fit(max_epochs=2)
+    resumed = MultilevelTrainer(cfg, ds)
+    resumed.load_checkpoint(tmp_path / "ck.safetensors")
+    assert resumed.level == 1
+    assert resumed.inner.method.msa.state() == {k: part.history[-1][k] for k in (
+        "msa_rho", "msa_iterations", "msa_fallbacks", "msa_rejected")}
+    rr = resumed.fit()
+    assert torch.equal(rf.net.controls.w, rr.net.controls.w)
+    assert [h["msa_rho"] for h in rf.history] == [h["msa_rho"] for h in rr.history]
+    assert rf.metrics["msa_iterations"] == rr.metrics["msa_iterations"]

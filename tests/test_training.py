@@ -1,5 +1,7 @@
-"""Training layer: config, data, resume-equals-uninterrupted, results directory, bad input."""
+"""Training layer: config, data, resume-equals-uninterrupted, results directory, bad input,
+method registry, trainer on given parts."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -302,3 +304,105 @@ def test_keep_best_or_last_iterate():
     assert losses[k - 1] == min(losses)
     assert r_best.metrics["val_loss"] == pytest.approx(losses[k - 1], rel=1e-6)
     assert r_last.metrics["val_loss"] == pytest.approx(losses[-1], rel=1e-6)
+
+
+def test_method_registry_and_a_registered_method(monkeypatch):
+    """Names resolve through the registry (plug-ins on first use); a new method registered
+    with ``register_method`` is accepted by the configuration and drives the trainer: one epoch
+    of full-batch gradient descent equals θ − η ∇J from autograd on a copy of the network."""
+    from pdenets.training import make_trainer
+    from pdenets.training import methods as M
+
+    for name in ("adam", "sgd", "lbfgs", "msa", "multilevel"):
+        assert M.get_method(name).name == name
+    with pytest.raises(ConfigError, match="train.method: unknown value 'newton'"):
+        M.get_method("newton")
+    monkeypatch.setattr(M, "_REGISTRY", dict(M._REGISTRY))
+    monkeypatch.setattr(M, "METHODS", M.METHODS)
+
+    @M.register_method("gd")
+    class GradientDescent(M.Method):
+        def make_optimizer(self, trainer):
+            return torch.optim.SGD(trainer.params, lr=self.cfg.train.lr)
+
+        def train_epoch(self, trainer):
+            x, y = trainer.data["train"]
+            trainer.optimizer.zero_grad()
+            J = trainer.loss(x, y)
+            J.backward()
+            trainer.optimizer.step()
+            return float(J.detach())
+
+    assert "gd" in M.METHODS and M.get_method("gd") is GradientDescent
+    cfg = load_config(None, SMALL + ["train.method=gd", "train.epochs=1", "dtype=float64",
+                                     "train.schedule=constant", "train.lr=0.3"])
+    ds = load_dataset("iris")
+    tr = make_trainer(cfg, ds)
+    assert isinstance(tr.method, GradientDescent)
+    ref = {k: v.clone() for k, v in tr.net.state_dict().items()}
+    net = copy.deepcopy(tr.net)
+    x, y = ds.tensors("train", torch.float64)
+    J = tr.objective(net, x, y)
+    names = [n for n, p in net.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(J, [p for p in net.parameters() if p.requires_grad])
+    res = tr.fit()
+    assert res.history[0]["train_objective"] == pytest.approx(float(J), rel=1e-12)
+    for n, g in zip(names, grads):
+        assert torch.allclose(res.net.state_dict()[n], ref[n] - 0.3 * g, rtol=1e-10,
+                              atol=1e-12), n
+    assert res.metrics["method"] == "gd"
+
+
+def test_trainer_on_tensors_with_given_parts_equals_the_configured_one():
+    """Any network, data tensors, objective and gradient strategy: the same run as the trainer
+    built from the configuration (same seed → same shuffles), bit for bit."""
+    from pdenets.training import build_network, make_adjoint_from_config, make_objective
+    from pdenets.training.methods import Adam
+
+    cfg = load_config(None, SMALL + ["train.keep=best"])
+    ds = load_dataset("iris")
+    ref = Trainer(cfg, ds).fit()
+    data = {s: ds.tensors(s, torch.float32) for s in ("train", "val", "test")}
+    tr = Trainer(cfg, data, build_network(cfg, ds), method=Adam(cfg),
+                 objective=make_objective(cfg, ds), adjoint=make_adjoint_from_config(cfg))
+    res = tr.fit()
+    for (k, a), (_, b) in zip(ref.net.state_dict().items(), res.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [h["val_loss"] for h in res.history] == [h["val_loss"] for h in ref.history]
+    assert res.metrics["dataset"] == "tensors" and res.metrics["kept_epoch"] == \
+        ref.metrics["kept_epoch"]
+    with pytest.raises(PdenetsError, match="needs the network and the objective"):
+        Trainer(cfg, data)
+    with pytest.raises(PdenetsError, match="splits"):
+        Trainer(cfg, {"training": data["train"]}, tr.net, objective=tr.objective)
+
+
+def test_config_from_dict_and_checkpoint_config(tmp_path):
+    from safetensors.torch import save_file
+
+    from pdenets.config import config_from_dict
+    from pdenets.errors import ModelFileError
+    from pdenets.training import checkpoint_config
+
+    cfg = load_config(None, SMALL + ["train.method=multilevel", "train.levels=2",
+                                     "train.level_epochs=1,3", "objective.alpha=0"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+    d = cfg.to_dict()
+    d["train"]["levels"] = 3  # level_epochs no longer matches: validated like a file
+    with pytest.raises(ConfigError, match="train.level_epochs"):
+        config_from_dict(d)
+    with pytest.raises(ConfigError, match="model.width: expected a int"):
+        config_from_dict({"model": {"width": "wide"}})
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'"):
+        config_from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="table"):
+        config_from_dict(["train"])
+    t = Trainer(cfg, load_dataset("iris"))
+    t.save_checkpoint(tmp_path / "ck.safetensors")
+    assert checkpoint_config(tmp_path / "ck.safetensors") == cfg
+    save_file({"a": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    save_file({"a": torch.zeros(2)}, tmp_path / "meta.safetensors",
+              metadata={"pdenets": '{"format": "pdenets-model"}'})
+    for name in ("plain", "meta"):
+        with pytest.raises(ModelFileError, match="is damaged"):
+            checkpoint_config(tmp_path / f"{name}.safetensors")

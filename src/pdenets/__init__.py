@@ -15,6 +15,7 @@ The public API, by layer:
   :class:`IMEXEuler`, :class:`Strang`), model files (:func:`save_model`, :func:`load_model`).
 """
 
+from ._version import __version__ as __version__
 from .activations import Activation, get_activation
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint, make_adjoint
 from .controls import Controls, FunctionControls, GridControls
@@ -27,8 +28,6 @@ from .network import ContinuumNetwork, Discretization, Solution, solve
 from .objective import Objective
 from .quadrature import GaussLegendre, Grid, Midpoint, MonteCarlo, Trapezoid, make_rule
 from .readout import CellAverageReadout, LinearReadout
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Adjoint", "ContinuousAdjoint", "DiscreteAdjoint", "make_adjoint",

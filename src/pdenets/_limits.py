@@ -356,12 +356,10 @@ def check_training(cfg) -> None:
     """
     import copy
 
-    from .config import Config
-
     cost = training_cost(cfg)
     if override_active() or (cost.nbytes <= memory_limit() and cost.flops <= flop_budget()):
         return
-    default = Config()
+    default = type(cfg)()  # the defaults (no import of .config: it imports this module)
 
     def get(c, key):
         section, name = key.split(".")

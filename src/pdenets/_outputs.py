@@ -137,7 +137,7 @@ def read_marker(directory: Path) -> dict | None:
 
 
 def _write_marker(directory: Path, command: str, files: dict[str, tuple[int, int]]) -> None:
-    from . import __version__
+    from ._version import __version__
 
     doc = {"format": MARKER_FORMAT, "version": 1, "command": command,
            "pdenets": __version__, "files": {k: list(v) for k, v in sorted(files.items())}}

@@ -235,6 +235,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def config_from_dict(d: dict) -> Config:
+    """The configuration stated by the nested dict ``d`` (as :meth:`Config.to_dict` writes it,
+    e.g. the ``config`` of a training checkpoint): defaults, then the keys of ``d``, with the
+    same type checks and validation as :func:`load_config`."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a configuration must be a table (dict), got {type(d).__name__}")
+    cfg = Config()
+    for k, v in d.items():
+        _set(cfg, str(k), v)
+    validate(cfg)
+    return cfg
+
+
 def validate(cfg: Config) -> None:
     """Check value ranges and choices; raise :class:`ConfigError` naming the key."""
     from .activations import ACTIVATIONS
@@ -256,7 +269,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
     from . import _limits
-    from .training import METHODS, SCHEDULES
+    from .training.methods import METHODS, SCHEDULES
 
     _check_types(cfg)
     choice("dtype", cfg.dtype, ("float32", "float64"))

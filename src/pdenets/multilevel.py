@@ -23,25 +23,33 @@ At coarse levels there is no early stopping and no best-epoch selection: the lev
 iterate is prolonged. The best-by-validation selection and ``train.patience`` apply within the
 finest level, so the result always has the configured (finest) architecture and
 discretization. History records carry ``level``, ``level_width`` and ``level_steps``.
+
+The method is :class:`MultilevelMethod`, registered with
+:func:`pdenets.training.methods.register_method`; each level trains with its own inner
+:class:`~pdenets.training.Trainer` and the method registered as ``train.level_method``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import _basis
-from .config import Config
 from .controls import GridControls
 from .errors import PdenetsError
 from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
 from .network import ContinuumNetwork, Discretization
 from .readout import LinearReadout, Readout
-from .training import Trainer, build_network, default_sizes, lr_factor
+from .training.build import build_network, default_sizes
+from .training.methods import Method, get_method, lr_factor, register_method
+from .training.trainer import Trainer
 
-__all__ = ["prolong_network", "level_configs", "level_epochs", "MultilevelTrainer"]
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["prolong_network", "level_configs", "level_epochs", "MultilevelMethod",
+           "MultilevelTrainer"]
 
 
 def _sizes(v, dim: int) -> tuple[int, ...]:
@@ -164,8 +172,125 @@ def level_epochs(cfg: Config) -> list[int]:
     return eps
 
 
-class MultilevelTrainer(Trainer):
+@register_method("multilevel")
+class MultilevelMethod(Method):
     """Coarse-to-fine training (see the module docstring); ``train.method = "multilevel"``.
+
+    The trainer's loop runs ``sum(level_epochs)`` epochs; the method swaps the trainer's
+    network, discretization, optimizer and parameters at each level change (the inner
+    trainer of the level owns the optimizer and shares the trainer's shuffling generator, so
+    one stream is saved in the checkpoint). A trainer built without a network starts from the
+    coarsest level's network (``cfg.seed``).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.level = -1
+        self.inner: Trainer | None = None
+
+    def prepare(self, cfg: Config, ds) -> Config:
+        self.level_cfgs = level_configs(cfg, ds)
+        self.level_epochs = level_epochs(cfg)
+        self.bounds = [0]
+        for e in self.level_epochs:
+            self.bounds.append(self.bounds[-1] + e)
+        outer = copy.deepcopy(cfg)
+        outer.train.epochs = self.bounds[-1]
+        self.ds = ds
+        return outer
+
+    def build_network(self, cfg: Config, ds) -> ContinuumNetwork:
+        return build_network(self.level_cfgs[0], ds)
+
+    def attach(self, trainer: Trainer) -> None:
+        self._set_level(trainer, 0, trainer.net)
+
+    # -- levels -----------------------------------------------------------------------------
+    def _make_inner(self, trainer: Trainer, level: int, net: ContinuumNetwork) -> Trainer:
+        lcfg = self.level_cfgs[level]
+        inner = Trainer(lcfg, self.ds, net, method=get_method(lcfg.train.method)(lcfg))
+        inner.generator = trainer.generator  # one shuffling stream, saved in the checkpoint
+        return inner
+
+    def _set_level(self, trainer: Trainer, level: int, net: ContinuumNetwork) -> None:
+        self.level = level
+        trainer.net = net
+        trainer.disc = net.discretization
+        self.inner = self._make_inner(trainer, level, net)
+        trainer.optimizer = self.inner.optimizer
+        trainer.params = self.inner.params
+        trainer.best = {"epoch": -1, "val_accuracy": -math.inf, "val_loss": math.inf}
+        trainer.best_state = trainer._snapshot()
+        trainer.stale = 0
+
+    def _template(self, level: int) -> ContinuumNetwork:
+        return build_network(self.level_cfgs[level], self.ds)
+
+    def _advance(self, trainer: Trainer) -> None:
+        tmpl = self._template(self.level + 1)
+        kw = {}
+        if isinstance(tmpl.readout, LinearReadout):
+            kw["readout_size"] = tmpl.readout.size
+        if isinstance(tmpl.lifting, LearnableLifting):
+            kw["lifting_size"] = tmpl.lifting.size
+        fine = prolong_network(trainer.net, tmpl.controls.size, tmpl.controls.intervals,
+                               tmpl.discretization, **kw)
+        fine = fine.to(dtype=next(tmpl.parameters()).dtype)
+        self._set_level(trainer, self.level + 1, fine)
+
+    def level_of_epoch(self, epoch: int) -> int:
+        """The level that trains epoch index ``epoch`` (0-based)."""
+        for ell in range(len(self.level_epochs)):
+            if epoch < self.bounds[ell + 1]:
+                return ell
+        return len(self.level_epochs) - 1
+
+    # -- hooks of the trainer ---------------------------------------------------------------
+    def train_epoch(self, trainer: Trainer) -> float:
+        while self.level < self.level_of_epoch(trainer.epoch):
+            self._advance(trainer)
+        assert self.inner is not None
+        local = trainer.epoch - self.bounds[self.level]
+        lcfg = self.level_cfgs[self.level]
+        for g in trainer.optimizer.param_groups:
+            g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(lcfg, local)
+        return self.inner.train_epoch()
+
+    def epoch_record(self, trainer: Trainer) -> dict:
+        assert self.inner is not None
+        return {"level": self.level, "level_width": list(trainer.disc.width.sizes),
+                "level_steps": trainer.disc.steps, **self.inner.epoch_record()}
+
+    def improved(self, trainer: Trainer, val: dict) -> bool | None:
+        if self.level < len(self.level_epochs) - 1:
+            return True  # coarse levels: keep the latest iterate, no early stopping
+        return None
+
+    def before_load(self, trainer: Trainer, info: dict) -> None:
+        """Switch to the level of the saved epoch (its network is then overwritten)."""
+        try:
+            epoch = int(info["epoch"])
+        except (KeyError, ValueError, TypeError):
+            epoch = 0  # the trainer reports the mismatch
+        level = self.level_of_epoch(epoch - 1) if epoch > 0 else 0
+        if level != self.level:
+            self._set_level(trainer, level, self._template(level))
+
+    def after_load(self, trainer: Trainer) -> None:
+        assert self.inner is not None
+        self.inner.method.after_load(trainer)  # e.g. MSA counters from the outer history
+
+    def result_metrics(self, trainer: Trainer) -> dict:
+        assert self.inner is not None
+        return {"levels": [
+            {"width": c.model.width, "steps": c.model.steps, "control_size": c.model.control_size,
+             "intervals": c.model.intervals, "epochs": e, "method": c.train.method}
+            for c, e in zip(self.level_cfgs, self.level_epochs)],
+            **self.inner.method.result_metrics(self.inner)}
+
+
+class MultilevelTrainer(Trainer):
+    """:class:`~pdenets.training.Trainer` with the method :class:`MultilevelMethod`.
 
     Parameters
     ----------
@@ -177,111 +302,30 @@ class MultilevelTrainer(Trainer):
         As for :class:`~pdenets.training.Trainer`.
     """
 
+    method: MultilevelMethod
+
     def __init__(self, cfg: Config, ds, net: ContinuumNetwork | None = None, **kwargs) -> None:
-        self.level_cfgs = level_configs(cfg, ds)
-        self.level_epochs = level_epochs(cfg)
-        self.bounds = [0]
-        for e in self.level_epochs:
-            self.bounds.append(self.bounds[-1] + e)
-        outer = copy.deepcopy(cfg)
-        outer.train.epochs = self.bounds[-1]
-        net0 = net if net is not None else build_network(self.level_cfgs[0], ds)
-        super().__init__(outer, ds, net0, **kwargs)
-        self.level = -1
-        self._set_level(0, self.net)
-        self.method_step = self._epoch_level
+        super().__init__(cfg, ds, net, method=MultilevelMethod(cfg), **kwargs)
 
-    # -- levels -----------------------------------------------------------------------------
-    def _make_inner(self, level: int, net: ContinuumNetwork) -> Trainer:
-        lcfg = self.level_cfgs[level]
-        if lcfg.train.method == "msa":
-            from .pontryagin import MSATrainer
+    @property
+    def level(self) -> int:
+        """The level being trained (0 = coarsest)."""
+        return self.method.level
 
-            inner: Trainer = MSATrainer(lcfg, self.ds, net)
-        else:
-            inner = Trainer(lcfg, self.ds, net)
-        inner.generator = self.generator  # one shuffling stream, saved in the checkpoint
-        return inner
+    @property
+    def level_cfgs(self) -> list[Config]:
+        return self.method.level_cfgs
 
-    def _set_level(self, level: int, net: ContinuumNetwork) -> None:
-        self.level = level
-        self.net = net
-        self.disc = net.discretization
-        self.inner = self._make_inner(level, net)
-        self.optimizer = self.inner.optimizer
-        self.params = self.inner.params
-        self.best = {"epoch": -1, "val_accuracy": -math.inf, "val_loss": math.inf}
-        self.best_state = self._snapshot()
-        self.stale = 0
+    @property
+    def level_epochs(self) -> list[int]:
+        return self.method.level_epochs
 
-    def _template(self, level: int) -> ContinuumNetwork:
-        return build_network(self.level_cfgs[level], self.ds)
-
-    def _advance(self) -> None:
-        tmpl = self._template(self.level + 1)
-        kw = {}
-        if isinstance(tmpl.readout, LinearReadout):
-            kw["readout_size"] = tmpl.readout.size
-        if isinstance(tmpl.lifting, LearnableLifting):
-            kw["lifting_size"] = tmpl.lifting.size
-        fine = prolong_network(self.net, tmpl.controls.size, tmpl.controls.intervals,
-                               tmpl.discretization, **kw)
-        fine = fine.to(dtype=next(tmpl.parameters()).dtype)
-        self._set_level(self.level + 1, fine)
+    @property
+    def inner(self) -> Trainer:
+        """The trainer of the current level."""
+        assert self.method.inner is not None
+        return self.method.inner
 
     def level_of_epoch(self, epoch: int) -> int:
         """The level that trains epoch index ``epoch`` (0-based)."""
-        for ell in range(len(self.level_epochs)):
-            if epoch < self.bounds[ell + 1]:
-                return ell
-        return len(self.level_epochs) - 1
-
-    def _epoch_level(self) -> float:
-        while self.level < self.level_of_epoch(self.epoch):
-            self._advance()
-        local = self.epoch - self.bounds[self.level]
-        lcfg = self.level_cfgs[self.level]
-        for g in self.optimizer.param_groups:
-            g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(lcfg, local)
-        return self.inner.train_epoch()
-
-    def epoch_record(self) -> dict:
-        return {"level": self.level, "level_width": list(self.disc.width.sizes),
-                "level_steps": self.disc.steps, **self.inner.epoch_record()}
-
-    def _improved(self, val: dict) -> bool:
-        if self.level < len(self.level_epochs) - 1:
-            return True  # coarse levels: keep the latest iterate, no early stopping
-        return super()._improved(val)
-
-    # -- checkpoints ------------------------------------------------------------------------
-    def load_checkpoint(self, path) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise PdenetsError(f"checkpoint {str(path)!r} does not exist")
-        try:  # the level of the saved epoch; a damaged file is reported by the base class
-            with open(path, "rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                if n > path.stat().st_size - 8:
-                    raise ValueError("truncated header")
-                head = json.loads(f.read(n))
-            info = json.loads(head["__metadata__"]["pdenets"])
-            epoch = int(info["epoch"])
-        except (OSError, KeyError, ValueError, TypeError, AttributeError):
-            epoch = 0
-        level = self.level_of_epoch(epoch - 1) if epoch > 0 else 0
-        if level != self.level:
-            self._set_level(level, self._template(level))
-        super().load_checkpoint(path)
-        if hasattr(self.inner, "msa") and self.history:
-            self.inner.msa.load_state(self.history[-1])
-
-    def _result(self, stopped: bool):
-        res = super()._result(stopped)
-        res.metrics["levels"] = [
-            {"width": c.model.width, "steps": c.model.steps, "control_size": c.model.control_size,
-             "intervals": c.model.intervals, "epochs": e, "method": c.train.method}
-            for c, e in zip(self.level_cfgs, self.level_epochs)]
-        if hasattr(self.inner, "msa"):
-            res.metrics.update(self.inner.msa.state())
-        return res
+        return self.method.level_of_epoch(epoch)

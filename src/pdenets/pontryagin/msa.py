@@ -1,5 +1,6 @@
 """Extended method of successive approximations (Li, Chen, Tai & E 2018; MODEL.md §7; the
-algorithm is described in :mod:`pdenets.pontryagin`) and its trainer."""
+algorithm is described in :mod:`pdenets.pontryagin`) and its training method ``msa``
+(:class:`MSAMethod`, registered with :func:`pdenets.training.methods.register_method`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from ..errors import PdenetsError
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, data_loss
 from ..readout import LinearReadout
-from ..training import Trainer
+from ..training.methods import Method, register_method
+from ..training.trainer import Trainer
 from .sweep import (
     Sweep,
     _knot_matrices,
@@ -336,57 +338,76 @@ class MSA:
 
 
 # ------------------------------------------------------------------------------------------
-# trainer
+# training method
 
 
-class MSATrainer(Trainer):
-    """:class:`~pdenets.training.Trainer` whose epoch is a pass of MSA iterations over
-    minibatches of ``train.batch_size`` (``train.method = "msa"``).
+@register_method("msa")
+class MSAMethod(Method):
+    """``train.method = "msa"``: an epoch is a pass of MSA iterations over minibatches of
+    ``train.batch_size``.
 
     Options: ``train.msa_rho``, ``msa_inner_steps``, ``msa_inner_lr``, ``msa_inner_solver``,
     ``msa_readout_steps``, ``msa_adapt_rho``. The per-epoch history records carry
     ``msa_iterations``, ``msa_fallbacks`` (cumulative), ``msa_epoch_fallbacks``, ``msa_rho``
     and ``grad_norm``; the final metrics carry the totals. ``train.gradient`` is not used (the
     costate is the discrete one of the recorded sweep); the learnable lifting, if any, is
-    stepped with the trainer's Adam optimizer (``train.lr``), which is checkpointed.
+    stepped with the trainer's Adam optimizer (``train.lr``), which is checkpointed. The MSA
+    counters are restored on resume from the last history record.
     """
 
-    def __init__(self, cfg, ds, net=None, **kwargs) -> None:
-        super().__init__(cfg, ds, net, **kwargs)
-        t = cfg.train
-        self.msa = MSA(self.net, self.objective, rho=t.msa_rho, inner_steps=t.msa_inner_steps,
-                       inner_lr=t.msa_inner_lr,
-                       inner_solver=getattr(t, "msa_inner_solver", "lbfgs"),
-                       readout_steps=getattr(t, "msa_readout_steps", 10),
-                       adapt_rho=getattr(t, "msa_adapt_rho", True), disc=self.disc,
-                       other_optimizer=self.optimizer)
-        self._epoch_extra: dict = {}
-        self.method_step = self._epoch_msa
+    msa: MSA
 
-    def _epoch_msa(self) -> float:
-        x, y = self.data["train"]
-        n = len(x)
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self._epoch_extra: dict = {}
+
+    def attach(self, trainer: Trainer) -> None:
+        t = trainer.cfg.train
+        self.msa = MSA(trainer.net, trainer.objective, rho=t.msa_rho,
+                       inner_steps=t.msa_inner_steps, inner_lr=t.msa_inner_lr,
+                       inner_solver=t.msa_inner_solver, readout_steps=t.msa_readout_steps,
+                       adapt_rho=t.msa_adapt_rho, disc=trainer.disc,
+                       other_optimizer=trainer.optimizer)
+
+    def train_epoch(self, trainer: Trainer) -> float:
+        x, y = trainer.data["train"]
         total = 0.0
         f0 = self.msa.fallbacks
         gn = []
-        for idx in self.minibatches():
+        for idx in trainer.minibatches():
             r = self.msa.step(x[idx], y[idx])
             total += r.J_after * len(idx)
             gn.append(r.grad_norm)
         self._epoch_extra = {**self.msa.state(), "msa_epoch_fallbacks": self.msa.fallbacks - f0,
                              "grad_norm": sum(gn) / max(len(gn), 1)}
-        return total / n
+        return total / len(x)
 
-    def epoch_record(self) -> dict:
+    def epoch_record(self, trainer: Trainer) -> dict:
         extra, self._epoch_extra = self._epoch_extra, {}
         return extra
 
-    def load_checkpoint(self, path) -> None:
-        super().load_checkpoint(path)
-        if self.history:
-            self.msa.load_state(self.history[-1])
+    def after_load(self, trainer: Trainer) -> None:
+        if trainer.history:
+            self.msa.load_state(trainer.history[-1])
 
-    def _result(self, stopped: bool):
-        res = super()._result(stopped)
-        res.metrics.update(self.msa.state())
-        return res
+    def result_metrics(self, trainer: Trainer) -> dict:
+        return self.msa.state()
+
+
+class MSATrainer(Trainer):
+    """:class:`~pdenets.training.Trainer` with the method :class:`MSAMethod` (whatever
+    ``cfg.train.method`` says); ``msa`` is its :class:`MSA`.
+
+    Parameters
+    ----------
+    cfg, ds, net, **kwargs :
+        As for :class:`~pdenets.training.Trainer`.
+    """
+
+    def __init__(self, cfg, ds, net=None, **kwargs) -> None:
+        super().__init__(cfg, ds, net, method=MSAMethod(cfg), **kwargs)
+
+    @property
+    def msa(self) -> MSA:
+        """The :class:`MSA` iteration of this trainer."""
+        return self.method.msa  # type: ignore[attr-defined]
