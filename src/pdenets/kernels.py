@@ -665,7 +665,14 @@ class ConvKernel(Kernel):
         outside the support |z_a| ≤ r."""
         r = self.radius
         s = (z + r) / (2 * r)
-        P = _basis.basis_matrix(s, self.size, self.space_basis).to(self.k.dtype)
+        if self.space_basis == "constant":
+            # a displacement on a cell face takes the mean of the two cells (the midpoint rule
+            # then integrates a pixel-aligned k against pixel-constant fields exactly)
+            eps = 1e-9 / max(self.size)
+            P = 0.5 * (_basis.basis_matrix(s - eps, self.size, "constant")
+                       + _basis.basis_matrix(s + eps, self.size, "constant")).to(self.k.dtype)
+        else:
+            P = _basis.basis_matrix(s, self.size, self.space_basis).to(self.k.dtype)
         inside = (z.abs() <= r * (1 + 1e-12)).all(dim=1)
         return P * inside[:, None].to(P.dtype)
 
