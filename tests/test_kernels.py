@@ -11,6 +11,7 @@ import torch
 from pdenets import ContinuumNetwork
 from pdenets.adjoint import ContinuousAdjoint, DiscreteAdjoint
 from pdenets.controls import GridControls
+from pdenets.dynamics import make_dynamics
 from pdenets.errors import PdenetsError
 from pdenets.kernels import (
     ConvKernel,
@@ -22,7 +23,6 @@ from pdenets.kernels import (
 )
 from pdenets.lifting import ChannelLifting, PiecewiseConstantLifting
 from pdenets.network import Discretization, solve
-from pdenets.dynamics import make_dynamics
 from pdenets.objective import Objective, control_norms
 from pdenets.quadrature import GaussLegendre, Midpoint, MonteCarlo, Trapezoid
 from pdenets.readout import LinearReadout
@@ -324,7 +324,7 @@ def test_conv_norm_is_exact(basis):
     kv = k.k.detach()[0]
     for c in range(2):
         for d in range(2):
-            def f(z):
+            def f(z, c=c, d=d):
                 zz = torch.tensor([[z]], dtype=F64)
                 return float((k.basis_at(zz) @ kv[c, d])[0]) ** 2 * (1 - abs(z))
             pts = list(np.linspace(-r, r, 5)) + [0.0]
