@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_choice, check_nonnegative
-from ._laplacian import laplacian_for
+from ._laplacian import NeumannLaplacian, laplacian_for
 from .activations import Activation, get_activation
 from .integrators import System
 from .kernels import lin, lin_param_vjp, lin_T
@@ -95,7 +95,8 @@ class Dynamics:
     def system(self, schedule, grid) -> System:
         """The semi-discrete right-hand side on ``grid`` (MODEL.md §2) for the controls
         ``schedule`` (a :class:`~pdenets.controls.KernelSchedule` on that grid)."""
-        lap = laplacian_for(grid) if self.eps > 0.0 else None
+        lap: NeumannLaplacian | ChannelLaplacian | None = (
+            laplacian_for(grid) if self.eps > 0.0 else None)
         channels = getattr(schedule, "channels", 1)
         if lap is not None and channels > 1:
             lap = ChannelLaplacian(lap, channels)

@@ -359,7 +359,7 @@ class _Time:
         for k in range(self.intervals):
             for xi, wi in zip(x, w):
                 s = 0.5 * (xi + 1.0)
-                out.append((0.5 * wi * self.delta, k, 1.0 - s, s))
+                out.append((float(0.5 * wi * self.delta), k, float(1.0 - s), float(s)))
         return out
 
 
@@ -942,10 +942,6 @@ class SumKernel(Kernel):
         self.parts = nn.ModuleList(parts)
         self.dim, self.channels, self.time = p0.dim, p0.channels, p0.time
 
-    @property
-    def kind_name(self) -> str:
-        return "+".join(p.kind for p in self.parts)
-
     def knot_tensors(self, grid):
         return tuple(t for p in self.parts for t in p.knot_tensors(grid))
 
@@ -958,10 +954,10 @@ class SumKernel(Kernel):
         return SumOp(ops)
 
     def dense_knots(self, grid):
-        return sum(p.dense_knots(grid) for p in self.parts)  # type: ignore[return-value]
+        return torch.stack([p.dense_knots(grid) for p in self.parts]).sum(0)
 
     def dense_matrix(self, grid, t):
-        return sum(p.dense_matrix(grid, t) for p in self.parts)  # type: ignore[return-value]
+        return torch.stack([p.dense_matrix(grid, t) for p in self.parts]).sum(0)
 
     def norms(self, spatial=False):
         parts = [p.norms(spatial) for p in self.parts]
@@ -1126,8 +1122,9 @@ class KernelControls(Controls):
         if isinstance(k, ConvKernel):
             newk = k.prolong(kernel_size, intervals)
         elif isinstance(k, SumKernel):
+            parts: list[Kernel] = list(k.parts)  # type: ignore[arg-type]
             newk = SumKernel([p.prolong(kernel_size if isinstance(p, ConvKernel) else size,
-                                        intervals) for p in k.parts])
+                                        intervals) for p in parts])
         else:
             newk = k.prolong(size, intervals)
         Ps = _basis.basis_prolong(self.size, size, self.space_basis,

@@ -516,12 +516,14 @@ def _build_v2(meta: dict, tensors: dict[str, torch.Tensor], activation: Activati
                                  _get(dyn, "eps", float, "dynamics"))
         size = _int_list(cm.get("size"), "controls.size", dim)
         sb = _opt_str(cm, "space_basis", "controls")
+        ctrl: GridControls | KernelControls
         if ckind == "grid":
             ctrl = GridControls(dim, size, intervals, T, tb, dtype=dtype, space_basis=sb)
         else:
             kern = kernel_from_config(cm["kernel"], dim, intervals, T, tb, C, dtype)
             ctrl = KernelControls(kern, size, space_basis=sb)
         lifting = _v2_lifting(lm, dim, dtype)
+        readout: LinearReadout | CellAverageReadout
         if rkind == "linear":
             readout = LinearReadout(rm["outputs"], dim,
                                     _int_list(rm.get("size"), "readout.size", dim),

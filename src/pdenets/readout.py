@@ -89,7 +89,7 @@ class LinearReadout(Readout):
         return R.reshape(self.outputs, -1), self.d
 
     def config(self) -> dict:
-        out = {"kind": "linear", "outputs": self.outputs, "size": list(self.size),
+        out: dict = {"kind": "linear", "outputs": self.outputs, "size": list(self.size),
                "basis": self.basis}
         if self.channels > 1:
             out["channels"] = self.channels
@@ -127,7 +127,7 @@ class CellAverageReadout(Readout):
         return R, torch.zeros(self.outputs, dtype=grid.dtype, device=grid.device)
 
     def config(self) -> dict:
-        out = {"kind": "cell_average", "cells": list(self.cells)}
+        out: dict = {"kind": "cell_average", "cells": list(self.cells)}
         if self.channels > 1:
             out["channels"] = self.channels
         return out
