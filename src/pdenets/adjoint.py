@@ -51,7 +51,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ._checks import check_positive
-from .controls import KernelSchedule, _KnotSchedule
+from .controls import KernelSchedule
 from .errors import PdenetsError
 from .integrators import ExplicitRK, Solver, Stage, Stats, System, integrate, integrate_span
 
@@ -141,14 +141,14 @@ class DiscreteAdjoint(Adjoint):
             return uT, saved, {**st.as_dict(), "step_sizes": st.step_sizes}
         self._no_saveat(save_times)
         sched = problem.schedule
-        if not isinstance(sched, _KnotSchedule):
-            raise PdenetsError("DiscreteAdjoint(checkpoint=...) needs GridControls")
-        args = (sched.T, sched.basis, sched._weights)
+        if not callable(getattr(sched, "with_knot_tensors", None)):
+            raise PdenetsError("DiscreteAdjoint(checkpoint=...) needs knot-based controls "
+                               "(GridControls or KernelControls)")
 
-        def factory(A, b):
-            return problem.system(_KnotSchedule(A, b, *args))
+        def factory(*tensors):
+            return problem.system(sched.with_knot_tensors(*tensors))
 
-        uT, st = integrate_checkpointed(factory, u0, (sched.A, sched.b), problem.T,
+        uT, st = integrate_checkpointed(factory, u0, sched.knot_tensors(), problem.T,
                                         problem.steps, problem.solver, self.checkpoint)
         return uT, [], st.as_dict()
 
@@ -203,10 +203,11 @@ class ContinuousAdjoint(Adjoint):
                 f"{problem.solver!r}"
             )
         sched = problem.schedule
-        if not isinstance(sched, _KnotSchedule):
-            raise PdenetsError("continuous adjoint needs GridControls (knot-based controls)")
+        if not callable(getattr(sched, "with_knot_tensors", None)):
+            raise PdenetsError("continuous adjoint needs knot-based controls (GridControls or "
+                               "KernelControls)")
         stats: dict = {}
-        uT = _ContinuousAdjointFn.apply(u0, sched.A, sched.b, (problem, self, stats))
+        uT = _ContinuousAdjointFn.apply(u0, (problem, self, stats), *sched.knot_tensors())
         return uT, [], stats
 
 
@@ -264,32 +265,36 @@ def integrate_checkpointed(system_factory, u0, sched_tensors, T, steps, solver, 
 # continuous adjoint
 
 
-def _knot_weights(sched: _KnotSchedule, t: float, t0: float, t1: float):
+def _knot_weights(sched, t: float, t0: float, t1: float):
     k, s = sched.index(t, t0, t1)
     return ((k, 1.0 - s),) if s == 0.0 else ((k, 1.0 - s), (k + 1, s))
 
 
 class _Backward:
     """The backward (state, costate) system y = (u, λ): dy/dt = (f(u), −(∂f/∂u)ᵀλ), with the
-    integrand ∂⟨λ,f⟩/∂(A, b) of the gradient as auxiliary slope components."""
+    integrand ∂⟨λ,f⟩/∂(A, b) of the gradient as auxiliary slope components. For a structured
+    kernel (MODEL.md §10) A is an operator and the integrand has one component per operator
+    tensor; the costate equation then applies the transposed operator (for a convolution the
+    correlation with k(−z))."""
 
-    def __init__(self, dynamics, sched: _KnotSchedule):
+    def __init__(self, dynamics, sched):
         self.dynamics, self.sched = dynamics, sched
 
     def __call__(self, t, y, lo, hi):
         u, lam = y
         A, b = self.sched.at(t, lo, hi)
         du, lu, gA, gb = self.dynamics.reaction_and_vjp(u, A, b, lam)
+        if isinstance(gA, tuple):
+            return (du, -lu, *gA, gb)
         return du, -lu, gA, gb
 
 
 class _ContinuousAdjointFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u0, A, b, info):
+    def forward(ctx, u0, info, *tensors):
         problem, adj, out_stats = info
         T, steps, solver = problem.T, problem.steps, problem.solver
-        s0 = problem.schedule
-        sched = _KnotSchedule(A.detach(), b.detach(), s0.T, s0.basis, s0._weights)
+        sched = problem.schedule.with_knot_tensors(*(x.detach() for x in tensors))
         with torch.no_grad():
             system = problem.system(sched)
             ncp = adj.checkpoints or max(1, getattr(sched, "intervals", 1))
@@ -317,8 +322,7 @@ class _ContinuousAdjointFn(torch.autograd.Function):
             bsolver = copy.copy(bsolver)
             bsolver.replay = None
         bsteps = adj.steps or problem.steps
-        gA = torch.zeros_like(sched.A)
-        gb = torch.zeros_like(sched.b)
+        grads = [torch.zeros_like(x) for x in sched.knot_tensors()]
         bw = _Backward(problem.dynamics, sched)
         stats = Stats()
 
@@ -326,12 +330,12 @@ class _ContinuousAdjointFn(torch.autograd.Function):
             # the step runs backward (weight h b_i < 0): ∫ λᵀ ∂f/∂θ dt gains |h| b_i · integrand
             if stage.weight == 0.0:
                 return
-            dA, db = stage.k[2], stage.k[3]
+            parts = stage.k[2:]
             w = -stage.weight
             for k, s in _knot_weights(sched, stage.t, stage.lo, stage.hi):
                 if s != 0.0:
-                    gA[k].add_(dA, alpha=w * s)
-                    gb[k].add_(db, alpha=w * s)
+                    for g, d in zip(grads, parts):
+                        g[k].add_(d, alpha=w * s)
 
         with torch.no_grad():
             lam = gT.detach()
@@ -350,4 +354,4 @@ class _ContinuousAdjointFn(torch.autograd.Function):
                 else:
                     (u, lam), _, _ = integrate_span(bw, (u, lam), t_hi, t_lo, bsolver, stats,
                                                     h=min(span, 0.05 * T), hook=commit)
-        return lam, gA, gb, None
+        return (lam, None, *grads)

@@ -57,6 +57,11 @@ class ModelConfig:
     readout: str = "linear"
     learnable_lifting: bool = False
     init_scale: float = 0.5
+    # structured kernels and channels (MODEL.md §10; pdenets.kernels)
+    kernel: str = "dense"
+    kernel_radius: float = 0.25
+    rank: int = 4
+    channels: int = 1
 
 
 @dataclass
@@ -301,6 +306,16 @@ def validate(cfg: Config) -> None:
     if o.gamma > 0 and m.space_basis != "linear":
         raise ConfigError("objective.gamma > 0 (H¹-in-width penalty) needs model.space_basis "
                           "= 'linear': piecewise-constant controls have no gradient in L²")
+    from .kernels import KERNELS
+
+    choice("model.kernel", m.kernel, KERNELS)
+    if not 0 < m.kernel_radius <= 1:
+        raise ConfigError(f"model.kernel_radius: must lie in (0, 1] (a fraction of the width "
+                          f"domain), got {m.kernel_radius!r}")
+    positive("model.rank", m.rank)
+    positive("model.channels", m.channels)
+    if m.channels > 256:
+        raise ConfigError(f"model.channels: at most 256, got {m.channels}")
     positive("model.intervals", m.intervals)
     positive("model.width", m.width, allow_zero=True)
     positive("model.steps", m.steps)

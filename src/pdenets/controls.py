@@ -95,6 +95,17 @@ class _KnotSchedule(KernelSchedule):
         k = min(max(int(math.floor(tau)), 0), self.intervals - 1)
         return k, tau - k
 
+    def knot_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the schedule is built from: the knot matrices and bias vectors."""
+        return (self.A, self.b)
+
+    def with_knot_tensors(self, A: torch.Tensor, b: torch.Tensor) -> _KnotSchedule:
+        """The same schedule built from other knot tensors (checkpointing, adjoints)."""
+        out = _KnotSchedule(A, b, self.T, self.basis, self._weights)
+        if hasattr(self, "channels"):
+            out.channels = self.channels  # type: ignore[attr-defined]
+        return out
+
     def at(self, t, t0, t1):
         k, s = self.index(t, t0, t1)
         if s == 0.0:

@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_choice, check_nonnegative
-from ._laplacian import laplacian_for
+from ._laplacian import NeumannLaplacian, laplacian_for
 from .activations import Activation, get_activation
 from .integrators import System
+from .kernels import lin, lin_param_vjp, lin_T
 
 
 class Dynamics:
@@ -80,15 +81,25 @@ class Dynamics:
         sharing intermediate products (used by the continuous adjoint's backward sweep).
         This generic version uses automatic differentiation; the variants override it."""
         with torch.enable_grad():
-            uu, AA, bb = (x.detach().requires_grad_(True) for x in (u, A, b))
-            f = self.reaction(uu, AA, bb)
-            du, gA, gb = torch.autograd.grad(f, (uu, AA, bb), lam)
-        return f.detach(), du, gA, gb
+            uu, bb = (x.detach().requires_grad_(True) for x in (u, b))
+            if isinstance(A, torch.Tensor):
+                AA = A.detach().requires_grad_(True)
+                f = self.reaction(uu, AA, bb)
+                du, gA, gb = torch.autograd.grad(f, (uu, AA, bb), lam)
+                return f.detach(), du, gA, gb
+            ts = [x.detach().requires_grad_(True) for x in A.tensors]
+            f = self.reaction(uu, A.rebuild(ts), bb)
+            du, gb, *gts = torch.autograd.grad(f, (uu, bb, *ts), lam)
+        return f.detach(), du, tuple(gts), gb
 
     def system(self, schedule, grid) -> System:
         """The semi-discrete right-hand side on ``grid`` (MODEL.md §2) for the controls
         ``schedule`` (a :class:`~pdenets.controls.KernelSchedule` on that grid)."""
-        lap = laplacian_for(grid) if self.eps > 0.0 else None
+        lap: NeumannLaplacian | ChannelLaplacian | None = (
+            laplacian_for(grid) if self.eps > 0.0 else None)
+        channels = getattr(schedule, "channels", 1)
+        if lap is not None and channels > 1:
+            lap = ChannelLaplacian(lap, channels)
 
         def reaction(t, u, t0, t1):
             A, b = schedule.at(t, t0, t1)
@@ -122,26 +133,48 @@ class Dynamics:
         return self.reaction(u, A, b)
 
 
+class ChannelLaplacian:
+    """The Laplacian acting on each of C channels of a state ``(B, C·N)`` (MODEL.md §10)."""
+
+    def __init__(self, lap, channels: int) -> None:
+        self.lap, self.channels = lap, int(channels)
+        self.spectral_radius = lap.spectral_radius
+        self.eigenvalues = lap.eigenvalues
+
+    def _per_channel(self, fn, u: torch.Tensor) -> torch.Tensor:
+        B = u.shape[0]
+        return fn(u.reshape(B * self.channels, -1)).reshape(B, -1)
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        return self._per_channel(self.lap, u)
+
+    def transpose_apply(self, lam: torch.Tensor) -> torch.Tensor:
+        return self._per_channel(self.lap.transpose_apply, lam)
+
+    def apply_function(self, u: torch.Tensor, f) -> torch.Tensor:
+        return self._per_channel(lambda v: self.lap.apply_function(v, f), u)
+
+
 class Standard(Dynamics):
     """∂_t u = σ(∫ w u dy + b) + ε Δ_x u — the continuum ResNet (MODEL.md §1)."""
 
     kind = "standard"
 
     def reaction(self, u, A, b):
-        return self.activation.apply_(torch.addmm(b, u, A.T))
+        return self.activation.apply_(lin(u, A, b))
 
     def vjp(self, u, A, b, lam, lap=None):
-        z = torch.addmm(b, u, A.T)
+        z = lin(u, A, b)
         g = self.activation.derivative(z) * lam
-        du = g @ A
+        du = lin_T(g, A)
         if self.eps > 0.0:
             du = du + self._diffusion_vjp(lam, lap)
-        return du, g.T @ u, g.sum(0)
+        return du, lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_and_vjp(self, u, A, b, lam):
-        z = torch.addmm(b, u, A.T)
+        z = lin(u, A, b)
         g = self.activation.derivative(z) * lam
-        return self.activation.fn(z), g @ A, g.T @ u, g.sum(0)
+        return self.activation.fn(z), lin_T(g, A), lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_batched(self, Y, A, b):
         return self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))
@@ -157,18 +190,18 @@ class Field(Dynamics):
     kind = "field"
 
     def reaction(self, u, A, b):
-        return torch.addmm(b, self.activation.fn(u), A.T)
+        return lin(self.activation.fn(u), A, b)
 
     def vjp(self, u, A, b, lam, lap=None):
-        du = self.activation.derivative(u) * (lam @ A)
+        du = self.activation.derivative(u) * lin_T(lam, A)
         if self.eps > 0.0:
             du = du + self._diffusion_vjp(lam, lap)
-        return du, lam.T @ self.activation.fn(u), lam.sum(0)
+        return du, lin_param_vjp(lam, self.activation.fn(u), A), lam.sum(0)
 
     def reaction_and_vjp(self, u, A, b, lam):
         s = self.activation.fn(u)
-        return (torch.addmm(b, s, A.T), self.activation.derivative(u) * (lam @ A), lam.T @ s,
-                lam.sum(0))
+        return (lin(s, A, b), self.activation.derivative(u) * lin_T(lam, A),
+                lin_param_vjp(lam, s, A), lam.sum(0))
 
     def reaction_batched(self, Y, A, b):
         return torch.baddbmm(b[:, None, :], self.activation.fn(Y), A.transpose(1, 2))
@@ -183,21 +216,21 @@ class Selection(Dynamics):
     kind = "selection"
 
     def reaction(self, u, A, b):
-        return u * self.activation.apply_(torch.addmm(b, u, A.T))
+        return u * self.activation.apply_(lin(u, A, b))
 
     def vjp(self, u, A, b, lam, lap=None):
-        z = torch.addmm(b, u, A.T)
+        z = lin(u, A, b)
         g = self.activation.derivative(z) * lam * u
-        du = lam * self.activation.fn(z) + g @ A
+        du = lam * self.activation.fn(z) + lin_T(g, A)
         if self.eps > 0.0:
             du = du + self._diffusion_vjp(lam, lap)
-        return du, g.T @ u, g.sum(0)
+        return du, lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_and_vjp(self, u, A, b, lam):
-        z = torch.addmm(b, u, A.T)
+        z = lin(u, A, b)
         s = self.activation.fn(z)
         g = self.activation.derivative(z) * lam * u
-        return u * s, lam * s + g @ A, g.T @ u, g.sum(0)
+        return u * s, lam * s + lin_T(g, A), lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_batched(self, Y, A, b):
         return Y * self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))

@@ -8,6 +8,9 @@
     u(x, 0) = Σ_i ξ_i φ_i(x) with learnable φ_i stored on a control grid (multilinear, or
     piecewise constant on cells: ``basis``), initialised to the piecewise-constant lifting
     sampled at the control vertices (cell centres).
+:class:`ChannelLifting`
+    C_in input channels (e.g. colour) → C state channels (MODEL.md §10): each input channel is
+    lifted by a base lifting, then mixed pointwise by a learnable C × C_in matrix.
 """
 
 from __future__ import annotations
@@ -115,3 +118,70 @@ class LearnableLifting(Lifting):
     def config(self) -> dict:
         return {"kind": "learnable", "shape": list(self.shape), "size": list(self.size),
                 "basis": self.basis}
+
+
+class ChannelLifting(Lifting):
+    """u_c(x, 0) = Σ_{c'} M_{cc'} (E ξ_{c'})(x): a base lifting E per input channel and a
+    learnable pointwise mixing matrix M (C × C_in) (MODEL.md §10).
+
+    Inputs have shape ``(B, C_in, *shape)`` (or ``(B, C_in, n)``, ``(B, C_in·n)``; with
+    C_in = 1 also ``(B, *shape)``); the output is the state ``(B, C·N)``, channel-major.
+
+    Parameters
+    ----------
+    base : Lifting
+        The lifting of one input channel (its ``shape`` is the per-channel input shape).
+    in_channels, channels : int
+        C_in and C.
+    mix : torch.Tensor, optional
+        Initial M, shape ``(C, C_in)``; by default M[c, c mod C_in] = 1 (each state channel
+        starts as a copy of one input channel).
+    """
+
+    def __init__(self, base: Lifting, in_channels: int, channels: int, mix=None,
+                 dtype=torch.float64) -> None:
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("channels", channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+                raise PdenetsError(f"channel lifting: {name} must be an integer in [1, 256], "
+                                   f"got {v!r}")
+        if isinstance(base, ChannelLifting) or not isinstance(base, Lifting):
+            raise PdenetsError("channel lifting: base must be a single-channel Lifting")
+        self.base, self.in_channels, self.channels = base, in_channels, channels
+        self.shape, self.dim = base.shape, base.dim
+        if mix is None:
+            mix = torch.zeros(channels, in_channels, dtype=dtype)
+            mix[torch.arange(channels), torch.arange(channels) % in_channels] = 1.0
+        mix = torch.as_tensor(mix, dtype=dtype)
+        if tuple(mix.shape) != (channels, in_channels):
+            raise PdenetsError(f"channel lifting: mix has shape {tuple(mix.shape)}, expected "
+                               f"{(channels, in_channels)}")
+        self.mix = nn.Parameter(check_finite(mix.detach().clone(), "lifting.mix"))
+
+    @property
+    def n_features(self) -> int:
+        return self.in_channels * math.prod(self.shape)
+
+    def flatten(self, xi: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(xi):
+            xi = torch.as_tensor(xi)
+        n, ci = math.prod(self.shape), self.in_channels
+        ok = xi.dim() >= 2 and tuple(xi.shape[1:]) in {
+            (ci, *self.shape), (ci, n), (ci * n,)} | ({self.shape} if ci == 1 else set())
+        if not ok:
+            raise PdenetsError(
+                f"inputs have shape {tuple(xi.shape)}; this network lifts {ci} channel(s) of "
+                f"shape {self.shape}: expected (B, {ci}, {', '.join(map(str, self.shape))})")
+        check_finite(xi, "inputs")
+        return xi.reshape(xi.shape[0], ci * n)
+
+    def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:
+        xi = self.flatten(xi)
+        B = xi.shape[0]
+        u = self.base(xi.reshape(B * self.in_channels, -1), grid).reshape(
+            B, self.in_channels, -1)
+        return torch.einsum("oc,bcn->bon", self.mix.to(u.dtype), u).reshape(B, -1)
+
+    def config(self) -> dict:
+        return {"kind": "channels", "in_channels": self.in_channels,
+                "channels": self.channels, "base": self.base.config()}

@@ -27,7 +27,8 @@ from .controls import Controls, GridControls, KernelSchedule
 from .dynamics import Dynamics, make_dynamics
 from .errors import PdenetsError
 from .integrators import RK4, Solver, System, make_solver
-from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
+from .kernels import KERNELS, KernelControls, make_kernel
+from .lifting import ChannelLifting, LearnableLifting, Lifting, PiecewiseConstantLifting
 from .quadrature import Grid, Midpoint, QuadratureRule, make_rule
 from .readout import CellAverageReadout, LinearReadout, Readout
 
@@ -77,7 +78,8 @@ class Solution:
     Attributes
     ----------
     u : torch.Tensor
-        Final state u(·, T), shape ``(B, N)``.
+        Final state u(·, T), shape ``(B, N)`` — ``(B, C·N)`` channel-major with C channels
+        (MODEL.md §10).
     ts : list of float
         Depths at which the trajectory was saved.
     us : torch.Tensor or None
@@ -167,10 +169,11 @@ def solve(
         raise PdenetsError(f"u0 must be a tensor or a callable, got {type(u0).__name__}")
     if u0.dim() == 1:
         u0 = u0[None, :]
-    if u0.dim() != 2 or u0.shape[1] != grid.n:
+    C = getattr(controls, "channels", 1)
+    if u0.dim() != 2 or u0.shape[1] != C * grid.n:
         raise PdenetsError(
-            f"u0 has shape {tuple(u0.shape)}; expected (B, {grid.n}) for a width grid of "
-            f"{grid.n} nodes"
+            f"u0 has shape {tuple(u0.shape)}; expected (B, {C * grid.n}) for a width grid of "
+            f"{grid.n} nodes" + (f" and {C} channels" if C > 1 else "")
         )
     check_finite(u0, "u0")
     sched = controls.discretize(grid)
@@ -209,6 +212,12 @@ class ContinuumNetwork(nn.Module):
                 f"controls ({controls.dim}-D), lifting ({lifting.dim}-D) and readout "
                 f"({getattr(readout, 'dim', '?')}-D) must share the width dimension"
             )
+        chans = {"controls": getattr(controls, "channels", 1),
+                 "lifting": getattr(lifting, "channels", 1),
+                 "readout": getattr(readout, "channels", 1)}
+        if len(set(chans.values())) != 1:
+            raise PdenetsError("controls, lifting and readout must have the same number of "
+                               "channels, got " + ", ".join(f"{k} {v}" for k, v in chans.items()))
         self.controls, self.dynamics, self.lifting, self.readout = (
             controls, dynamics, lifting, readout,
         )
@@ -222,6 +231,11 @@ class ContinuumNetwork(nn.Module):
     @property
     def T(self) -> float:
         return self.controls.T
+
+    @property
+    def channels(self) -> int:
+        """Number C of state channels (MODEL.md §10; 1 for the scalar model)."""
+        return getattr(self.controls, "channels", 1)
 
     @classmethod
     def create(
@@ -246,6 +260,12 @@ class ContinuumNetwork(nn.Module):
         init_scale: float = 0.5,
         seed: int = 0,
         dtype: torch.dtype = torch.float64,
+        kernel: str = "dense",
+        kernel_radius: float = 0.25,
+        kernel_size: int | tuple[int, ...] | None = None,
+        rank: int = 4,
+        channels: int = 1,
+        in_channels: int = 1,
     ) -> ContinuumNetwork:
         """Build a network with random controls and a zero readout; ``input_shape`` is n (1-D)
         or (p, q) (2-D).
@@ -260,26 +280,57 @@ class ContinuumNetwork(nn.Module):
         per axis, multilinear; ``"constant"``: ``control_size`` cells, piecewise constant; see
         :class:`~pdenets.controls.GridControls`); the linear readout and a learnable lifting
         use the same grid and basis.
+
+        Structured kernels and channels (MODEL.md §10): ``kernel`` is the family (``dense``,
+        ``conv``, ``lowrank``, ``conv+lowrank``; see :mod:`pdenets.kernels`), ``kernel_radius``
+        the receptive-field radius r of a convolution and ``kernel_size`` its displacement grid
+        (default: about one vertex per control cell in [−r, r], odd), ``rank`` the rank R of a
+        low-rank part, ``channels`` the number C of state channels and ``in_channels`` that of
+        the inputs (shape ``(B, C_in, *input_shape)``; lifted to C channels by a learnable
+        pointwise matrix). ``kernel="dense"`` with one channel is the
+        :class:`~pdenets.controls.GridControls` network (same parameters and numbers as
+        before); anything else uses :class:`~pdenets.kernels.KernelControls`, initialised so
+        that the kernel's operator norm is about ``init_scale``.
         """
         shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         dim = len(shape)
+        if kernel not in KERNELS:
+            raise PdenetsError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+        for name, v in (("channels", channels), ("in_channels", in_channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+                raise PdenetsError(f"{name} must be an integer in [1, 256], got {v!r}")
         if control_size is None:
             control_size = tuple(max(2, min(s, 16)) for s in shape)
         gen = torch.Generator().manual_seed(seed)
-        ctrl = GridControls(dim, control_size, intervals, T, time_basis, dtype=dtype,
-                            space_basis=space_basis)
-        with torch.no_grad():
-            ctrl.w.normal_(0.0, init_scale * ctrl.n_control**0.5, generator=gen)
-            ctrl.b.normal_(0.0, 0.1 * init_scale, generator=gen)
+        ctrl: Controls
+        if kernel == "dense" and channels == 1:
+            ctrl = GridControls(dim, control_size, intervals, T, time_basis, dtype=dtype,
+                                space_basis=space_basis)
+            with torch.no_grad():
+                ctrl.w.normal_(0.0, init_scale * ctrl.n_control**0.5, generator=gen)
+                ctrl.b.normal_(0.0, 0.1 * init_scale, generator=gen)
+            csize = ctrl.size
+        else:
+            kern = make_kernel(kernel, dim, size=control_size, intervals=intervals, T=T,
+                               time_basis=time_basis, channels=channels, radius=kernel_radius,
+                               kernel_size=kernel_size, rank=rank, space_basis=space_basis,
+                               dtype=dtype, init_scale=init_scale, generator=gen)
+            ctrl = KernelControls(kern, control_size, space_basis=space_basis)
+            with torch.no_grad():
+                ctrl.b.normal_(0.0, 0.1 * init_scale, generator=gen)
+            csize = ctrl.size
         lift: Lifting = (
-            LearnableLifting(shape, ctrl.size, dtype, basis=space_basis) if learnable_lifting
+            LearnableLifting(shape, csize, dtype, basis=space_basis) if learnable_lifting
             else PiecewiseConstantLifting(shape)
         )
+        if channels > 1 or in_channels > 1:
+            lift = ChannelLifting(lift, in_channels, channels, dtype=dtype)
         if readout == "linear":
-            ro: Readout = LinearReadout(outputs, dim, ctrl.size, dtype=dtype, basis=space_basis)
+            ro: Readout = LinearReadout(outputs, dim, csize, dtype=dtype, basis=space_basis,
+                                        channels=channels)
         elif readout == "cell_average":
             cells = (outputs,) if dim == 1 else _factor2(outputs)
-            ro = CellAverageReadout(cells)
+            ro = CellAverageReadout(cells, channels)
         else:
             raise PdenetsError(f"unknown readout {readout!r}; choose linear or cell_average")
         if width is None:
@@ -327,8 +378,14 @@ class ContinuumNetwork(nn.Module):
     def config(self) -> dict:
         """JSON-serializable architecture (everything but the tensors)."""
         c = self.controls
+        if isinstance(c, KernelControls):
+            return {"T": c.T, "dim": self.dim, "dynamics": self.dynamics.config(),
+                    "controls": c.config(), "lifting": self.lifting.config(),
+                    "readout": self.readout.config(),
+                    "discretization": self.discretization.config()}
         if not isinstance(c, GridControls):
-            raise PdenetsError("only GridControls can be described in a model file")
+            raise PdenetsError("only GridControls and KernelControls can be described in a "
+                               "model file")
         return {
             "T": c.T,
             "dim": self.dim,

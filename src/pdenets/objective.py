@@ -5,6 +5,9 @@
            + (β/2) ∫_0^T (‖∂_t w‖² + ‖∂_t b‖²) dt
 
 The regularization terms are computed *exactly* for :class:`~pdenets.controls.GridControls`
+and for the structured kernels of :class:`~pdenets.kernels.KernelControls` (MODEL.md §10: each
+family integrates its own representation exactly, see :meth:`Kernel.norms
+<pdenets.kernels.Kernel.norms>`)
 (the multilinear basis has an exact mass matrix; piecewise-linear or piecewise-constant depth
 interpolation is integrated in closed form), so they do not depend on the discretization used
 for the data term. For piecewise-constant controls ∂_t w is a sum of jumps; the β term then
@@ -126,16 +129,22 @@ class Objective:
         check_nonnegative(self.gamma, "gamma")
 
     def regularization(self, net) -> torch.Tensor:
-        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for non-grid controls."""
+        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for controls without exact
+        norms (:class:`~pdenets.controls.FunctionControls`)."""
         ctrl = net.controls
         p = next(net.parameters(), None)
         zero = torch.zeros((), dtype=p.dtype if p is not None else torch.float64)
-        if not isinstance(ctrl, GridControls) or (self.alpha == self.beta == self.gamma == 0):
+        norms = getattr(ctrl, "norms", None)
+        if isinstance(ctrl, GridControls):
+            norms = lambda spatial=False: control_norms(ctrl, spatial)  # noqa: E731
+        elif not callable(norms):
+            return zero
+        if self.alpha == self.beta == self.gamma == 0:
             return zero
         if self.gamma > 0:
-            sq, dsq, grad = control_norms(ctrl, spatial=True)
+            sq, dsq, grad = norms(spatial=True)
             return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq + 0.5 * self.gamma * grad
-        sq, dsq = control_norms(ctrl)
+        sq, dsq = norms()
         return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq
 
     def __call__(self, net, inputs, targets, disc=None, adjoint=None) -> torch.Tensor:

@@ -89,8 +89,8 @@ def plot_depth_slices(net, x, labels, disc, path, n_slices: int = 5) -> None:
           np.unique(np.linspace(0, disc.steps, n_slices).round().astype(int))]
     with torch.no_grad():
         sol = net.solve(x, disc, saveat=ts)
-    us = sol.us.cpu().numpy()
     grid = sol.grid
+    us = sol.us.cpu().numpy()[..., :grid.n]  # channel 0 of a C-channel state (MODEL.md §10)
     B = us.shape[1]
     fig, axes = plt.subplots(B, len(ts), figsize=(1.9 * len(ts), 1.9 * B), squeeze=False)
     for i in range(B):

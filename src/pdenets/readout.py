@@ -5,6 +5,10 @@
     piecewise constant on cells) and d_j, evaluated by the width quadrature.
 :class:`CellAverageReadout`
     y_j = the average of u(·, T) over the j-th of m equal output cells (fixed, no parameters).
+
+With C channels (MODEL.md §10; state ``(B, C·N)``, channel-major) both integrate over x and sum
+over the channels: y_j = Σ_c ∫ c_{jc}(x) u_c(x, T) dx + d_j (learnable c_{jc} per channel), or
+the sum over channels of the cell averages.
 """
 
 from __future__ import annotations
@@ -51,41 +55,56 @@ class LinearReadout(Readout):
         Initial values, shapes ``(m, prod(size))`` and ``(m,)``.
     basis : {"linear", "constant"}
         Space basis of the c_j (see :class:`~pdenets.controls.GridControls`).
+    channels : int
+        C; with C > 1, c has shape ``(m, C, prod(size))``.
     """
 
     def __init__(self, outputs: int, dim: int, size: int | tuple[int, ...], c=None, d=None,
-                 dtype=torch.float64, basis: str = "linear") -> None:
+                 dtype=torch.float64, basis: str = "linear", channels: int = 1) -> None:
         super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 256:
+            raise PdenetsError(f"readout channels must be an integer in [1, 256], got "
+                               f"{channels!r}")
+        self.channels = channels
         if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs < 1:
             raise PdenetsError(f"readout outputs must be a positive integer, got {outputs!r}")
         self.outputs, self.dim = outputs, dim
         self.basis = basis
         self.size = _basis.check_size(size, dim, basis, "readout")
         Nc = math.prod(self.size)
-        c = torch.zeros(outputs, Nc, dtype=dtype) if c is None else torch.as_tensor(c, dtype=dtype)
+        cshape = (outputs, Nc) if channels == 1 else (outputs, channels, Nc)
+        c = torch.zeros(cshape, dtype=dtype) if c is None else torch.as_tensor(c, dtype=dtype)
         d = torch.zeros(outputs, dtype=dtype) if d is None else torch.as_tensor(d, dtype=dtype)
-        if tuple(c.shape) != (outputs, Nc) or tuple(d.shape) != (outputs,):
+        if tuple(c.shape) != cshape or tuple(d.shape) != (outputs,):
             raise PdenetsError(
                 f"readout: c, d have shapes {tuple(c.shape)}, {tuple(d.shape)}; "
-                f"expected {(outputs, Nc)}, {(outputs,)}"
+                f"expected {cshape}, {(outputs,)}"
             )
         self.c = nn.Parameter(c.clone())
         self.d = nn.Parameter(d.clone())
 
     def matrix(self, grid):
         P = _basis.basis_matrix(grid.nodes, self.size, self.basis).to(self.c.dtype)
-        return (self.c @ P.T) * grid.weights.to(self.c.dtype), self.d
+        R = (self.c @ P.T) * grid.weights.to(self.c.dtype)
+        return R.reshape(self.outputs, -1), self.d
 
     def config(self) -> dict:
-        return {"kind": "linear", "outputs": self.outputs, "size": list(self.size),
-                "basis": self.basis}
+        out: dict = {"kind": "linear", "outputs": self.outputs, "size": list(self.size),
+               "basis": self.basis}
+        if self.channels > 1:
+            out["channels"] = self.channels
+        return out
 
 
 class CellAverageReadout(Readout):
     """Averages of u(·, T) over m equal cells: ``cells = m`` (1-D) or ``(m0, m1)`` (2-D)."""
 
-    def __init__(self, cells: int | tuple[int, ...]) -> None:
+    def __init__(self, cells: int | tuple[int, ...], channels: int = 1) -> None:
         super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or not 1 <= channels <= 256:
+            raise PdenetsError(f"readout channels must be an integer in [1, 256], got "
+                               f"{channels!r}")
+        self.channels = channels
         self.cells = (int(cells),) if isinstance(cells, int) else tuple(int(c) for c in cells)
         if min(self.cells) < 1 or len(self.cells) not in (1, 2):
             raise PdenetsError(f"cell-average readout: bad cells {cells!r}")
@@ -102,7 +121,13 @@ class CellAverageReadout(Readout):
                 f"cell-average readout: some of the {self.outputs} output cells contain no "
                 f"width node; use more nodes"
             )
-        return R / mass, torch.zeros(self.outputs, dtype=grid.dtype, device=grid.device)
+        R = R / mass
+        if self.channels > 1:
+            R = R.repeat(1, self.channels)
+        return R, torch.zeros(self.outputs, dtype=grid.dtype, device=grid.device)
 
     def config(self) -> dict:
-        return {"kind": "cell_average", "cells": list(self.cells)}
+        out: dict = {"kind": "cell_average", "cells": list(self.cells)}
+        if self.channels > 1:
+            out["channels"] = self.channels
+        return out

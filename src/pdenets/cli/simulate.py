@@ -120,7 +120,8 @@ def run(args) -> int:
         atomic_write_bytes(tmp / "field.npz", buf.getvalue())
         from ..plotting import plot_field
 
-        plot_field(u[:, 0], np.asarray(sol.ts), nodes, sol.grid.shape, tmp / "field.png",
+        plot_field(u[:, 0, :sol.grid.n], np.asarray(sol.ts), nodes, sol.grid.shape,
+                   tmp / "field.png",
                    title=f"u(x,t), input 0 — {disc.width!r}, {disc.solver!r}, S={disc.steps}")
     payload = {
         "out": str(args.out), "files": ["field.npz", "field.png"],

@@ -70,7 +70,8 @@ def build_network(cfg: Config, ds: Dataset) -> ContinuumNetwork:
             activation=m.activation, eps=m.eps,
             readout=m.readout, learnable_lifting=m.learnable_lifting, width=width, rule=m.rule,
             solver=m.solver, steps=m.steps, init_scale=m.init_scale, seed=cfg.seed,
-            dtype=torch.float64,
+            dtype=torch.float64, kernel=m.kernel, kernel_radius=m.kernel_radius, rank=m.rank,
+            channels=m.channels, in_channels=getattr(ds, "channels", 1),
         )
     except PdenetsError as e:
         raise ConfigError(f"model: {e}") from None
