@@ -105,6 +105,19 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
     return sq, dsq, grad
 
 
+def unwrap(net):
+    """The model inside wrappers: ``DistributedDataParallel``/``DataParallel`` (``.module``) and
+    ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``), possibly nested."""
+    for _ in range(16):
+        inner = getattr(net, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(net, "module", None)
+        if inner is None or inner is net:
+            return net
+        net = inner
+    return net
+
+
 @dataclass(frozen=True)
 class Objective:
     """J of MODEL.md §4: ``loss`` (``cross_entropy`` or ``mse``), α ≥ 0 and β ≥ 0.
@@ -126,7 +139,10 @@ class Objective:
         check_nonnegative(self.gamma, "gamma")
 
     def regularization(self, net) -> torch.Tensor:
-        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for non-grid controls."""
+        """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for non-grid controls.
+
+        ``net`` may be wrapped (DDP, ``torch.compile``; see :func:`unwrap`)."""
+        net = unwrap(net)
         ctrl = net.controls
         p = next(net.parameters(), None)
         zero = torch.zeros((), dtype=p.dtype if p is not None else torch.float64)
@@ -140,7 +156,10 @@ class Objective:
 
     def __call__(self, net, inputs, targets, disc=None, adjoint=None) -> torch.Tensor:
         """J for a batch (inputs, targets) at discretization ``disc``; differentiable with the
-        gradient strategy ``adjoint`` (MODEL.md §5; default: discrete, by autograd)."""
+        gradient strategy ``adjoint`` (MODEL.md §5; default: discrete, by autograd).
+
+        ``net`` may be wrapped (``DistributedDataParallel``, ``torch.compile``): the forward
+        pass runs through the wrapper, the regularization reads the wrapped model's controls."""
         outputs = net(inputs, disc, adjoint)
         return data_loss(outputs, torch.as_tensor(targets, device=outputs.device), self.loss) \
             + self.regularization(net)
