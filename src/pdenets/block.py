@@ -180,7 +180,7 @@ class PDEBlock(nn.Module):
         )
         net.readout = _CellAverage(shape)
         self.net = net
-        self.adjoint = adjoint  # type: ignore[assignment]
+        self.adjoint = adjoint
         self.discretize(width=width, rule=rule, solver=solver)
         if device is not None:
             self.to(device)
