@@ -13,11 +13,14 @@ The public API, by layer:
   (:class:`Midpoint`, :class:`Trapezoid`, :class:`GaussLegendre`, :class:`MonteCarlo`),
   depth solvers (:class:`Euler`, :class:`Heun`, :class:`RK4`, :class:`Dopri5`,
   :class:`IMEXEuler`, :class:`Strang`), model files (:func:`save_model`, :func:`load_model`).
+* A continuum block for any PyTorch model: :class:`PDEBlock` (shape-preserving, float32 by
+  default, works in ``nn.Sequential``, under ``torch.compile`` and DDP).
 """
 
 from ._version import __version__ as __version__
 from .activations import Activation, get_activation
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint, make_adjoint
+from .block import PDEBlock
 from .controls import Controls, FunctionControls, GridControls
 from .dynamics import Dynamics, Field, Selection, Standard, make_dynamics
 from .errors import ConfigError, ModelFileError, PdenetsError, StabilityError
@@ -37,5 +40,5 @@ __all__ = [
     "LinearReadout", "Midpoint", "ModelFileError", "MonteCarlo", "PdenetsError",
     "PiecewiseConstantLifting", "RK4", "Selection", "Solution", "Solver", "StabilityError",
     "Standard", "Strang", "Trapezoid", "get_activation", "load_model", "make_dynamics",
-    "make_rule", "make_solver", "save_model", "solve", "Objective",
+    "make_rule", "make_solver", "save_model", "solve", "Objective", "PDEBlock",
 ]

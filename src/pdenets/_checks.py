@@ -11,7 +11,11 @@ from .errors import PdenetsError
 
 
 def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise :class:`PdenetsError` when ``x`` contains NaN or Inf."""
+    """Raise :class:`PdenetsError` when ``x`` contains NaN or Inf.
+
+    Skipped while ``torch.compile`` traces (the data-dependent test would split the graph)."""
+    if torch.compiler.is_compiling():
+        return x
     if not torch.is_tensor(x):
         raise PdenetsError(f"{name} must be a tensor, got {type(x).__name__}")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):

@@ -108,6 +108,19 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
     return sq, dsq, grad
 
 
+def unwrap(net):
+    """The model inside wrappers: ``DistributedDataParallel``/``DataParallel`` (``.module``) and
+    ``torch.compile``'s ``OptimizedModule`` (``._orig_mod``), possibly nested."""
+    for _ in range(16):
+        inner = getattr(net, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(net, "module", None)
+        if inner is None or inner is net:
+            return net
+        net = inner
+    return net
+
+
 @dataclass(frozen=True)
 class Objective:
     """J of MODEL.md §4: ``loss`` (``cross_entropy`` or ``mse``), α ≥ 0 and β ≥ 0.
@@ -130,7 +143,10 @@ class Objective:
 
     def regularization(self, net) -> torch.Tensor:
         """(α/2)∫‖θ‖² dt + (β/2)∫‖∂_tθ‖² dt (+ γ term); zero for controls without exact
-        norms (:class:`~pdenets.controls.FunctionControls`)."""
+        norms (:class:`~pdenets.controls.FunctionControls`).
+
+        ``net`` may be wrapped (DDP, ``torch.compile``; see :func:`unwrap`)."""
+        net = unwrap(net)
         ctrl = net.controls
         p = next(net.parameters(), None)
         zero = torch.zeros((), dtype=p.dtype if p is not None else torch.float64)
@@ -149,7 +165,10 @@ class Objective:
 
     def __call__(self, net, inputs, targets, disc=None, adjoint=None) -> torch.Tensor:
         """J for a batch (inputs, targets) at discretization ``disc``; differentiable with the
-        gradient strategy ``adjoint`` (MODEL.md §5; default: discrete, by autograd)."""
+        gradient strategy ``adjoint`` (MODEL.md §5; default: discrete, by autograd).
+
+        ``net`` may be wrapped (``DistributedDataParallel``, ``torch.compile``): the forward
+        pass runs through the wrapper, the regularization reads the wrapped model's controls."""
         outputs = net(inputs, disc, adjoint)
         return data_loss(outputs, torch.as_tensor(targets, device=outputs.device), self.loss) \
             + self.regularization(net)
