@@ -576,12 +576,18 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
 def _probe_cost(net: ContinuumNetwork) -> int:
     """Multiply-adds of :func:`_probe` at most (dopri5: ``PROBE_DOPRI5_STEPS`` attempts)."""
     disc, ctrl = net.discretization, net.controls
-    assert isinstance(ctrl, GridControls)
     N = math.prod(disc.width.sizes)
-    K, nc = ctrl.n_knots, ctrl.n_control
     name = disc.solver.name
     steps = PROBE_DOPRI5_STEPS if name == "dopri5" else disc.steps
-    cost = K * (N * nc * nc + N * N * nc) + 2 * steps * STAGES[name] * (N * N + STAGE_OVERHEAD)
+    if isinstance(ctrl, GridControls):
+        K, nc = ctrl.n_knots, ctrl.n_control
+        cost = K * (N * nc * nc + N * N * nc) + 2 * steps * STAGES[name] * (N * N + STAGE_OVERHEAD)
+    else:
+        # structured kernels (format 2): bounded by a dense C·N × C·N operator per stage and
+        # the kernel's parameters evaluated once per stage
+        CN = getattr(ctrl, "channels", 1) * N
+        n_par = sum(p.numel() for p in ctrl.parameters())
+        cost = 2 * steps * STAGES[name] * (CN * CN + n_par + STAGE_OVERHEAD)
     if isinstance(net.lifting, LearnableLifting):
         cost += math.prod(net.lifting.phi.shape) * N
     if isinstance(net.readout, LinearReadout):
@@ -610,6 +616,9 @@ def _probe(net: ContinuumNetwork) -> None:
         solver.max_steps = min(solver.max_steps, PROBE_DOPRI5_STEPS)
     dtype = next(net.parameters()).dtype
     shape = tuple(net.lifting.shape)
+    c_in = getattr(net.lifting, "in_channels", 1)
+    if c_in > 1:
+        shape = (c_in, *shape)
     xi = torch.stack([torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)])
     try:
         with torch.no_grad():
