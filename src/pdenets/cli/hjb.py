@@ -611,7 +611,7 @@ def _plot_sampled(tmp: Path, sol, loops, closed_form: bool) -> None:
     from ..plotting import save_figure
 
     prob = sol.problem
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axs = plt.subplots(1, 2, figsize=(10.5, 4), layout="constrained")
     for j, c in enumerate(loops):
         ts, st = c.ts.numpy(), c.states.numpy()
         for d in range(min(prob.D, 10)):
