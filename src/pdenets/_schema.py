@@ -37,6 +37,7 @@ import tomllib
 import types
 import typing
 import warnings
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,13 @@ __all__ = ["apply_override", "check_tree", "describe", "from_dict", "read_toml",
 # ---------------------------------------------------------------------------------------------
 # types
 # ---------------------------------------------------------------------------------------------
-@functools.cache
 def hints(cls: type) -> dict[str, Any]:
     """The resolved type annotations of the dataclass ``cls``."""
+    return _hints(cls)
+
+
+@functools.cache
+def _hints(cls: Hashable) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -411,7 +416,8 @@ def to_toml(obj: Any) -> str:
 
     def emit(o: Any, path: list[str]) -> None:
         cls = type(o)
-        values, sections = [], []
+        values: list[tuple[str, Any]] = []
+        sections: list[tuple[str, Any]] = []
         for name in _fields(cls):
             v = getattr(o, name)
             (sections if _is_section(hints(cls)[name]) else values).append((name, v))
