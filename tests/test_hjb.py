@@ -305,7 +305,7 @@ def test_cli_closed_form_json(tmp_path, capsys):
         (lambda s: s + '\n[solver]\nscheme = "weno"\n', "unknown HJB scheme"),
         (lambda s: s.replace("alpha = 0.5", "alpha = 0.5\nbeta = 1"), "unknown key 'beta'"),
         (lambda s: s + "\n[extra]\nx = 1\n", "unknown config table"),
-        (lambda s: s.replace("points = 81", 'points = "many"'), "points must be an integer"),
+        (lambda s: s.replace("points = 81", 'points = "many"'), "grid.points: expected a int"),
         (lambda s: s.replace("v0 = 0.8\n", ""), "missing required key 'v0'"),
         (lambda s: s.replace("width = 1", "width = 2").replace("v0 = 0.8", "v0 = [1, 2, 3]"),
          "v0 has 3 entries"),

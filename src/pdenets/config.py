@@ -1,11 +1,12 @@
 """Run configuration: TOML files and ``--set key=value`` overrides with dotted keys.
 
 Every option has a default, so ``pdenets train`` with no arguments trains the embedded default
-(digits). A configuration is a tree of dataclasses; TOML tables and dotted keys address it
+(digits). A configuration is a tree of dataclasses with typed fields, read by the schema engine
+of :mod:`pdenets._schema` (shared with ``pdenets hjb``); TOML tables and dotted keys address it
 (``train.method``, ``model.width``, ...). Unknown keys, wrong types (a TOML file must give
-each key a value of its type; ``--set`` text is parsed as that type), NaN/Inf and invalid values
-raise :class:`~pdenets.errors.ConfigError` naming the key (with a suggestion for typos), and
-sizes whose memory or time estimate is absurd raise
+each key a value of its type; ``--set`` text is parsed as that type, lists in TOML syntax),
+NaN/Inf and invalid values raise :class:`~pdenets.errors.ConfigError` naming the key (with a
+suggestion for typos), and sizes whose memory or time estimate is absurd raise
 :class:`~pdenets._limits.SizeLimitError` (:func:`pdenets._limits.check_training`).
 
 Other layers extend the options of ``[train]`` for their methods (e.g. MSA's ``rho``) by adding
@@ -15,14 +16,11 @@ fields to :class:`TrainConfig`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
-import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import _schema
 from .errors import ConfigError
 
 
@@ -111,7 +109,9 @@ class TrainConfig:
     # multilevel (coarse-to-fine) training (MODEL.md §2)
     levels: int = 3
     level_method: str = "adam"
-    level_epochs: str = ""
+    #: epochs per level, coarse to fine (empty: an even split of ``epochs``); the old
+    #: comma-separated string is still read, with a DeprecationWarning
+    level_epochs: list[int] = field(default_factory=list, metadata={"legacy_csv": True})
     level_coarsen: str = "all"
 
 
@@ -128,114 +128,42 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     # ------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as nested dicts (readable back by :func:`config_from_dict`)."""
         return dataclasses.asdict(self)
 
     def to_toml(self) -> str:
         """The resolved configuration as TOML (readable back by :func:`load_config`)."""
-        d = self.to_dict()
-        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
-        for k, v in d.items():
-            if isinstance(v, dict):
-                lines.append(f"\n[{k}]")
-                lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
-        return "\n".join(lines) + "\n"
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    return json.dumps(str(v))
-
-
-def _fields(obj) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(obj)}
-
-
-def _coerce(value: Any, current: Any, key: str, text: bool = False) -> Any:
-    """Convert ``value`` to the type of the default: a ``--set`` string (``text``) is parsed,
-    a TOML value must already have the type (an integer is accepted for a float); NaN and Inf
-    are refused."""
-    value = _parse(value, current, key) if text else value
-    typ = type(current)
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if typ is bool and not isinstance(value, bool) or (
-            typ is not bool and isinstance(value, bool)) or not isinstance(value, typ):
-        raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-    return value
-
-
-
-def _parse(value: Any, current: Any, key: str) -> Any:
-    """The ``--set`` text ``value`` parsed as the type of ``current``."""
-    typ = type(current)
-    if isinstance(value, str) and typ is not str:
-        text = value.strip()
-        try:
-            if typ is bool:
-                if text.lower() in ("true", "1", "yes", "on"):
-                    return True
-                if text.lower() in ("false", "0", "no", "off"):
-                    return False
-                raise ValueError
-            if typ is int:
-                return int(text)
-            if typ is float:
-                return float(text)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a {typ.__name__}, got {value!r}") from None
-    return value
-
-
-def _set(cfg: Config, key: str, value: Any, text: bool = False) -> None:
-    parts = key.split(".")
-    obj: Any = cfg
-    for i, part in enumerate(parts):
-        fields = _fields(obj)
-        if part not in fields:
-            where = ".".join(parts[:i]) or "top level"
-            close = difflib.get_close_matches(part, list(fields), n=1)
-            hint = f"; did you mean {'.'.join(parts[:i] + close)!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r} ({part!r} is not an option of "
-                              f"{where}){hint}")
-        cur = getattr(obj, part)
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(cur):
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{key} is a section; set its keys, e.g. {key}.<name>")
-                for k, v in value.items():
-                    _set(cfg, f"{key}.{k}", v, text)
-            else:
-                setattr(obj, part, _coerce(value, cur, key, text))
-        else:
-            if not dataclasses.is_dataclass(cur):
-                raise ConfigError(f"{'.'.join(parts[:i + 1])} is not a section")
-            obj = cur
+        return _schema.to_toml(self)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the TOML file ``path``, then ``overrides`` (``key=value`` strings)."""
-    cfg = Config()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-        for k, v in data.items():
-            _set(cfg, k, v)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        _set(cfg, k.strip(), v, text=True)
+    """Defaults, then the TOML file ``path``, then ``overrides`` (``key=value`` strings).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        TOML file; its tables and keys are those of :class:`Config`.
+    overrides : list of str, optional
+        ``--set`` items ``key=value``: ``value`` is parsed as the type of ``key`` (numbers,
+        ``true``/``false``, strings verbatim, lists in TOML syntax such as
+        ``train.level_epochs=[3, 3, 4]``).
+
+    Raises
+    ------
+    ConfigError
+        Unknown key (with a suggestion), wrong type, non-finite number, invalid value.
+    """
+    cfg = _schema.load(Config, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """The validated :class:`Config` of the nested dict ``d`` (e.g. :meth:`Config.to_dict`
+    stored in a checkpoint): absent keys take their defaults, values are type-checked as in a
+    TOML file (no text parsing)."""
+    cfg = _schema.from_dict(Config, d)
     validate(cfg)
     return cfg
 
@@ -344,15 +272,9 @@ def validate(cfg: Config) -> None:
     choice("train.msa_inner_solver", t.msa_inner_solver, ("lbfgs", "adam"))
     positive("train.msa_readout_steps", t.msa_readout_steps, allow_zero=True)
     choice("train.level_coarsen", t.level_coarsen, ("all", "discretization", "controls"))
-    if t.level_epochs.strip():
-        try:
-            le = [int(v) for v in t.level_epochs.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"train.level_epochs: expected comma-separated integers, got "
-                              f"{t.level_epochs!r}") from None
-        if len(le) != t.levels or any(v < 1 for v in le):
-            raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
-                              f"level, coarse to fine), got {t.level_epochs!r}")
+    if t.level_epochs and (len(t.level_epochs) != t.levels or min(t.level_epochs) < 1):
+        raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
+                          f"level, coarse to fine), got {t.level_epochs!r}")
     positive("train.lbfgs_lr", t.lbfgs_lr)
     if t.augment_scale >= 1:
         raise ConfigError(f"train.augment_scale: must be < 1 (scale factors 1 ± it), "
@@ -363,15 +285,10 @@ def validate(cfg: Config) -> None:
     _limits.check_training(cfg)
 
 
-def _check_types(obj, prefix: str = "") -> None:
-    """Every field of a configuration built in Python has its default's type and is finite."""
-    for f in dataclasses.fields(obj):
-        key, value = prefix + f.name, getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            _check_types(value, key + ".")
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else value
-            _coerce(value, default, key)
+def _check_types(cfg: Config) -> None:
+    """Every field of a configuration built in Python has its annotated type and is finite
+    (normalized in place: integers for floats, the old level_epochs string)."""
+    _schema.check_tree(cfg)
 
 
 def _check_device(device: str) -> None:

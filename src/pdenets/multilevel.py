@@ -9,7 +9,7 @@ exactly the coarse network's outputs at any common discretization; otherwise it 
 
 :class:`MultilevelTrainer` (``train.method = "multilevel"``) trains ``train.levels`` levels,
 coarse to fine, with the optimizer ``train.level_method`` (adam, sgd, lbfgs or msa) and
-``train.level_epochs`` epochs per level (comma separated, coarse to fine; default: an even
+``train.level_epochs`` epochs per level (a list, coarse to fine; default: an even
 split of ``train.epochs``, the remainder to the finest level). Level ℓ = L−1 is the configured
 model; level ℓ is coarser by the factor f = 2^(L−1−ℓ) in what ``train.level_coarsen`` selects:
 
@@ -164,8 +164,8 @@ def level_configs(cfg: Config, ds) -> list[Config]:
 def level_epochs(cfg: Config) -> list[int]:
     """Epochs per level: ``train.level_epochs`` or an even split of ``train.epochs``."""
     t = cfg.train
-    if t.level_epochs.strip():
-        return [int(v) for v in t.level_epochs.split(",") if v.strip()]
+    if t.level_epochs:
+        return [int(v) for v in t.level_epochs]
     base = max(1, t.epochs // t.levels)
     eps = [base] * t.levels
     eps[-1] = max(1, t.epochs - base * (t.levels - 1))
