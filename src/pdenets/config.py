@@ -163,20 +163,9 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """The validated :class:`Config` of the nested dict ``d`` (e.g. :meth:`Config.to_dict`
     stored in a checkpoint): absent keys take their defaults, values are type-checked as in a
     TOML file (no text parsing)."""
-    cfg = _schema.from_dict(Config, d)
-    validate(cfg)
-    return cfg
-
-
-def config_from_dict(d: dict) -> Config:
-    """The configuration stated by the nested dict ``d`` (as :meth:`Config.to_dict` writes it,
-    e.g. the ``config`` of a training checkpoint): defaults, then the keys of ``d``, with the
-    same type checks and validation as :func:`load_config`."""
     if not isinstance(d, dict):
         raise ConfigError(f"a configuration must be a table (dict), got {type(d).__name__}")
-    cfg = Config()
-    for k, v in d.items():
-        _set(cfg, str(k), v)
+    cfg = _schema.from_dict(Config, d)
     validate(cfg)
     return cfg
 
