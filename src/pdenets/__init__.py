@@ -15,6 +15,8 @@ The public API, by layer:
   :class:`IMEXEuler`, :class:`Strang`), model files (:func:`save_model`, :func:`load_model`).
 """
 
+# first, before torch loads: sets OMP_WAIT_POLICY=PASSIVE unless set (see pdenets._threads)
+from . import _threads  # noqa: F401
 from .activations import Activation, get_activation
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint, make_adjoint
 from .controls import Controls, FunctionControls, GridControls
