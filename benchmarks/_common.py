@@ -54,6 +54,12 @@ class Sizes:
     scl_S: tuple[int, ...] = (8, 16, 32, 64)
     scl_B: tuple[int, ...] = (128, 256, 512, 1024)
     scl_repeats: int = 3
+    # 6. time to 97.5 %, pdenets default vs the ResNet (epochs None: the config's)
+    tta975_seeds: tuple[int, ...] = (0, 1, 2)
+    tta975_epochs: int | None = None
+    tta975_budget_s: float = 60.0
+    # 7. epoch time, pdenets Euler vs the ResNet at the same size
+    epoch_repeats: int = 5
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +72,7 @@ QUICK = Sizes(
     mem_batch=128, mem_width=64, mem_sweep=(64, 256, 1024),
     tta_seeds=(0,), tta_epochs=12, tta_budget_s=25.0, tta_lbfgs_iterations=None,
     scl_base=(256, 256, 16), scl_N=(128, 256, 512), scl_S=(8, 16, 32), scl_B=(128, 256, 512),
-    scl_repeats=5,
+    scl_repeats=5, tta975_budget_s=30.0, epoch_repeats=3,
 )
 TINY = Sizes(
     name="tiny", fwd_batch=32, fwd_width=16, fwd_steps=4, fwd_repeats=1, fwd_solvers=("euler",),
@@ -74,6 +80,7 @@ TINY = Sizes(
     mem_batch=8, mem_width=8, mem_steps=16, mem_sweep=(8, 16),
     tta_seeds=(0,), tta_epochs=1, tta_budget_s=5.0, tta_max_train=96, tta_lbfgs_iterations=2,
     scl_base=(16, 16, 4), scl_N=(8, 16), scl_S=(2, 4), scl_B=(8, 16), scl_repeats=1,
+    tta975_seeds=(0,), tta975_epochs=1, tta975_budget_s=5.0, epoch_repeats=1,
 )
 PRESETS = {"full": FULL, "quick": QUICK, "tiny": TINY}
 
@@ -85,15 +92,18 @@ def script_parser(doc: str | None):
 
     p = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: one per free core, see pdenets._threads)")
     p.add_argument("--json", action="store_true")
     return p
 
 
 def apply_threads(args) -> None:
-    """Set torch's thread count from ``--threads`` (0 keeps the default)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Set torch's thread count from ``--threads`` with :func:`pdenets._threads.apply_threads`
+    (0: pdenets' default, one per available core other processes leave free)."""
+    from pdenets._threads import apply_threads as apply
+
+    apply(int(args.threads))
 
 
 def sync(device: str | torch.device) -> None:
@@ -172,6 +182,10 @@ def machine_info(device: str = "cpu") -> dict:
         "pdenets": pn.__version__,
         "device": str(device),
     }
+    from pdenets import _threads
+
+    info["wait_policy"] = _threads.wait_policy()
+    info["load_average"] = _threads.load_average()
     try:
         import torchdiffeq
 

@@ -17,6 +17,8 @@ The public API, by layer:
   default, works in ``nn.Sequential``, under ``torch.compile`` and DDP).
 """
 
+# first, before torch loads: sets OMP_WAIT_POLICY=PASSIVE unless set (see pdenets._threads)
+from . import _threads  # noqa: F401
 from ._version import __version__ as __version__
 from .activations import Activation, get_activation
 from .adjoint import Adjoint, ContinuousAdjoint, DiscreteAdjoint, make_adjoint

@@ -9,6 +9,8 @@ Conventions shared by all commands:
 * every size is checked against a memory and time estimate before work starts
   (:mod:`pdenets._limits`); every command accepts ``--allow-large`` to skip these checks;
 * results are checked once per command: NaN or Inf in a result is an error, not an output;
+* every command accepts ``--threads N`` (torch CPU threads; 0, the default, picks one per
+  core that other processes leave free — :mod:`pdenets._threads`), applied before it runs;
 * a command that reports figures accepts ``--json`` and then prints exactly one JSON object on
   stdout (progress and messages go to stderr);
 * output files are written atomically, into a temporary directory whose files are moved into
@@ -71,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         mod.register(sub)
+    from ._common import add_threads_argument
+
     for p in _leaf_parsers(parser):
+        if p is not parser and "--threads" not in p._option_string_actions:
+            add_threads_argument(p)
         if p is not parser and "--allow-large" not in p._option_string_actions:
             p.add_argument("--allow-large", action="store_true",
                            help="skip the memory and time checks of sizes (see "
@@ -90,9 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(value, float) and not math.isfinite(value):
             parser.error(f"argument --{key.replace('_', '-')}: must be a finite number, "
                          f"got {value}")
+    import torch
+
+    from .. import _threads
     from ._common import claimed_output
 
+    # --threads is applied for the command and undone after it (main() may run in-process)
+    saved_threads = torch.get_num_threads()
     try:
+        if hasattr(args, "threads"):
+            _threads.apply_threads(args.threads)
         # sizes are checked against the limits unless --allow-large; --out is checked, locked
         # and probed before computing
         with _limits.allow_large(bool(getattr(args, "allow_large", False))), \
@@ -112,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pdenets: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
               file=sys.stderr)
         return 2
+    finally:
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
 
 
 def _one_line(msg: str) -> str:

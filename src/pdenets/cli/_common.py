@@ -38,6 +38,20 @@ def add_json_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch intra-op threads for the command (0, the default: one per
+    available core not kept busy by other processes, see :mod:`pdenets._threads`).
+
+    :func:`pdenets.cli.build_parser` adds it to every command that does not define its own
+    (``pdenets hjb`` does, with the same name and 0 = default); :func:`pdenets.cli.main`
+    applies it with :func:`pdenets._threads.apply_threads` before the command runs.
+    """
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads (default 0: one per available core that other "
+                   "processes leave free, from the load average; 1 is steadiest on a busy "
+                   "machine)")
+
+
 def add_out_arguments(p: argparse.ArgumentParser, default: str | None, *, claim: bool = True,
                       help: str | None = None) -> None:
     """``--out DIR`` (default ``default``) and ``--overwrite`` for a command that writes files.
