@@ -84,6 +84,7 @@ class NeumannLaplacian:
             if self.rule == "trapezoid" and n > 1:
                 da[0] = da[-1] = 0.5
             d = da if d is None else (d[:, None] * da[None, :]).reshape(-1)
+        assert d is not None  # the grid has at least one axis
         return d
 
     def transpose_apply(self, lam: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ class QuadratureRule:
         return f"{type(self).__name__}({n!r}, dim={self.dim})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.__dict__ == other.__dict__  # type: ignore[union-attr]
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.sizes, self.dim))

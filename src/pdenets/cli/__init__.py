@@ -37,7 +37,7 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line ``pdenets: error: ...`` (exit 2);
     sub-command parsers inherit the class."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         cmd = self.prog.removeprefix("pdenets").strip()
         where = f"{cmd}: " if cmd else ""
         help_hint = f" (see pdenets {cmd + ' ' if cmd else ''}--help)"

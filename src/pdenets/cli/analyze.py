@@ -33,6 +33,7 @@ import torch
 
 from .. import _limits
 from ..errors import PdenetsError
+from ..network import ContinuumNetwork
 from ._common import add_json_flag, add_out_arguments, check_result, emit, output_directory
 
 #: optional sub-sub-command modules ``analyze_<name>``, in --help order
@@ -74,7 +75,7 @@ def _help(p: argparse.ArgumentParser) -> int:
 class Case:
     """A model with data and the analysis defaults that suit it."""
 
-    net: object
+    net: ContinuumNetwork
     inputs: np.ndarray
     targets: np.ndarray | None = None
     params: str = "controls"
@@ -268,8 +269,10 @@ def check_finite_results(**values) -> None:
         check_result(v, f"the result {name}")
 
 
-def as_targets(net, targets: np.ndarray, inputs) -> torch.Tensor:
+def as_targets(net, targets: np.ndarray | None, inputs) -> torch.Tensor:
     """Float targets of the network's output shape; integer labels become one-hot vectors."""
+    if targets is None:
+        raise PdenetsError("this analysis needs targets: give --data FILE with arrays x and y")
     y = np.asarray(targets)
     m = net.readout.outputs
     if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) and m > 1:

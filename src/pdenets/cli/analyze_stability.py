@@ -57,7 +57,7 @@ def run(args) -> int:
         for i, sc in enumerate(s.scales):
             b = "—" if s.bounds is None else f"{s.bounds[i]:.4e}"
             lines.append(f"  {sc:10.3g}  {s.responses[i]:.4e}  {b}")
-        if s.holds is not None:
+        if s.holds is not None and s.ratios is not None:
             lines.append(f"  bound holds: {s.holds} (max ratio {max(s.ratios):.3g})")
     return finish(args, "stability", {"analysis": "stability", **d}, "\n".join(lines),
                   {"stability.png": lambda path: plot_stability(rep, path)})

@@ -172,7 +172,7 @@ from ._v2 import (  # noqa: F401
 
 def network_tensors(net: ContinuumNetwork) -> dict[str, torch.Tensor]:
     """The tensors of ``net`` under their model-file names."""
-    out = {
+    out: dict[str, torch.Tensor] = {
         "controls.w": net.controls.w, "controls.b": net.controls.b,
     }
     if isinstance(net.readout, LinearReadout):
