@@ -67,7 +67,7 @@ def run(args) -> int:
         raise PdenetsError(f"--delta must be a positive number, got {args.delta}")
     # one L-BFGS fit per α, per T (steps scale with T/T_model) and per K: up to 1.25 solves
     # with gradient per iteration
-    T0 = float(case.net.T)  # type: ignore[attr-defined]
+    T0 = float(case.net.T)
     fits = len(alphas) + sum(max(1.0, T / T0) for T in horizons) + len(counts_f)
     check_analysis(net, int(max([len(case.inputs), *counts_f])), "the controllability study",
                    work=1.25 * args.iters * fits,
