@@ -103,14 +103,15 @@ def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise PdenetsError(f"nproc: must be an integer >= 1, got {nproc!r}")
     if dist is None:
-        env = _distributed.from_env(cfg.device) if _distributed.env_world() > 1 else None
-        if env is not None:
+        world = _distributed.env_world()
+        if world > 1:
+            if nproc > 1:
+                raise PdenetsError(
+                    f"--nproc {nproc} spawns local workers, but this process was started by "
+                    f"torchrun (WORLD_SIZE={world}); give torchrun's --nproc-per-node instead")
+            env = _distributed.from_env(cfg.device)
+            assert env is not None
             try:
-                if nproc > 1:
-                    raise PdenetsError(
-                        f"--nproc {nproc} spawns local workers, but this process was started "
-                        f"by torchrun (WORLD_SIZE={env.world}); give torchrun's "
-                        f"--nproc-per-node instead")
                 return _run(cfg, Path(out), resume, progress, plots, overwrite, env)
             finally:
                 env.close()
