@@ -86,15 +86,12 @@ def _grads(ctx: Distributed) -> dict:
     return res
 
 
-def _grad_worker(ctx: Distributed, out: str) -> None:
-    torch.save(_grads(ctx), Path(out) / f"grads{ctx.rank}.pt")
-
-
-def test_gradient_equals_one_process_gradient_of_global_batch(tmp_path):
+def test_gradient_equals_one_process_gradient_of_global_batch(runs):
+    base, _, _ = runs
     ref = _grads(Distributed())
-    spawn(_grad_worker, 2, str(tmp_path))
     for rank in range(2):
-        got = torch.load(tmp_path / f"grads{rank}.pt")
+        got = torch.load(base / "log" / f"grads{rank}.pt")
+        assert set(got) == set(ref)
         for key, (J, g) in ref.items():
             J2, g2 = got[key]
             assert float(g.norm()) > 0
@@ -133,27 +130,53 @@ def _watch(root: Path, seen: list[str]) -> None:
     wrap(os, "open")
 
 
-def _runs_worker(ctx: Distributed, runs: str, log: str) -> dict:
+def _interrupted(ctx: Distributed, out: Path) -> str:
+    """The digits run, interrupted (as by Ctrl-C) after its first epoch on every rank."""
+    from pdenets.training import Trainer
+
+    real = Trainer.fit
+
+    def fit(self, max_epochs=None, restore_best=None):
+        real(self, max_epochs=1, restore_best=restore_best)
+        raise KeyboardInterrupt
+
+    Trainer.fit = fit  # type: ignore[method-assign]
+    try:
+        run_training(cfg_of(DIGITS), out, progress=False, plots=False, dist=ctx)
+    except KeyboardInterrupt:
+        return "interrupted"
+    finally:
+        Trainer.fit = real  # type: ignore[method-assign]
+    return "finished"
+
+
+def _worker(ctx: Distributed, base: str) -> dict:
+    """Everything the tests need from 2 processes, in one spawn (process start-up is slow):
+    the gradients (log/grads<rank>.pt), the runs in two/ (rank 1's accesses to two/ in
+    log/seen1.json) and the interrupted run in resumed/run.partial."""
+    log = Path(base) / "log"
+    torch.save(_grads(ctx), log / f"grads{ctx.rank}.pt")
     seen: list[str] = []
     if ctx.rank != 0:
-        _watch(Path(runs), seen)
+        _watch(Path(base) / "two", seen)
     res = {}
     for name, sets in (("digits", DIGITS), ("lbfgs", LBFGS)):
-        res[name] = run_training(cfg_of(sets), Path(runs) / name, progress=False, plots=False,
-                                 dist=ctx)
+        res[name] = run_training(cfg_of(sets), Path(base) / "two" / name, progress=False,
+                                 plots=False, dist=ctx)
     if ctx.rank != 0:
-        Path(log, f"seen{ctx.rank}.json").write_text(json.dumps(seen))  # (log is elsewhere)
+        (log / f"seen{ctx.rank}.json").write_text(json.dumps(seen))  # (log is elsewhere)
+    res["interrupted"] = _interrupted(ctx, Path(base) / "resumed" / "run")
     return res
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """1-process runs in one/, 2-process runs in two/ (rank 1's accesses under two/ in log/)."""
+    """1-process runs in one/, the 2-process work of :func:`_worker`."""
     base = tmp_path_factory.mktemp("ddp")
     one = {name: run_training(cfg_of(sets), base / "one" / name, progress=False, plots=False)
            for name, sets in (("digits", DIGITS), ("lbfgs", LBFGS))}
     (base / "log").mkdir()
-    two = spawn(_runs_worker, 2, str(base / "two"), str(base / "log"))
+    two = spawn(_worker, 2, str(base))
     return base, one, two
 
 
@@ -211,39 +234,14 @@ def test_only_rank_zero_touches_the_output(runs):
 
 # -- resume under 2 processes -------------------------------------------------------------------
 
-def _interrupted_worker(ctx: Distributed, out: str) -> str:
-    """The digits run, interrupted (as by Ctrl-C) after its first epoch on every rank."""
-    from pdenets.training import Trainer
-
-    real = Trainer.fit
-
-    def fit(self, max_epochs=None, restore_best=None):
-        real(self, max_epochs=1, restore_best=restore_best)
-        raise KeyboardInterrupt
-
-    Trainer.fit = fit  # type: ignore[method-assign]
-    try:
-        run_training(cfg_of(DIGITS), out, progress=False, plots=False, dist=ctx)
-    except KeyboardInterrupt:
-        return "interrupted"
-    finally:
-        Trainer.fit = real  # type: ignore[method-assign]
-    return "finished"
-
-
-def test_resume_under_two_processes_is_exact(runs, tmp_path):
-    base, _, _ = runs
-    out = tmp_path / "run"
-    assert spawn(_interrupted_worker, 2, str(out)) == "interrupted"
-    work = tmp_path / "run.partial"
+def test_resume_under_two_processes_is_exact(runs):
+    base, _, two = runs
+    assert two["interrupted"] == "interrupted"
+    out, work = base / "resumed" / "run", base / "resumed" / "run.partial"
     assert len(history(work / "metrics.jsonl")) == 1 and not out.exists()
-    # resumed through the CLI: the configuration comes from the checkpoint
-    r = subprocess.run([sys.executable, "-m", "pdenets", "train", "--nproc", "2", "--resume",
-                        "--quiet", "--no-plots", "--json", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout)
-    assert m["epochs_run"] == 2 and not work.exists()
+    # resumed by run_training(nproc=2) (spawn), the configuration taken from the checkpoint
+    m = run_training(cfg_of([]), out, resume=True, progress=False, plots=False, nproc=2)
+    assert m["epochs_run"] == 2 and m["dataset"] == "digits" and not work.exists()
     assert_same_run(base / "two" / "digits", out, 0.0)  # bit-identical
 
 

@@ -15,8 +15,8 @@ the 1-process run with the same *global* batch (to rounding):
 * **Gradients.** J of MODEL.md §4 on a batch of n samples is the mean data loss plus the
   regularization R(θ). Rank r evaluates the objective on its n_r samples (any gradient strategy
   of §5: autograd, the checkpointed discrete adjoint or the continuous adjoint) and weights it
-  into its share ``J_r = (n_r / n)·J(shard) + (1/W − n_r / n)·R`` (:meth:`Distributed.loss`);
-  Σ_r J_r = J(global batch), with R counted once. The gradients of the shares are *summed* by
+  into its share ``J_r = (n_r / n)·J(shard)`` (:meth:`Distributed.loss`); as Σ_r n_r = n,
+  Σ_r J_r = J(global batch), with R counted once (not W times). The gradients of the shares are *summed* by
   one ``all_reduce`` of a flat buffer (:meth:`Distributed.reduce_gradients`, which also sums
   the shares' values), after which gradient clipping, Adam, SGD or L-BFGS (whose closure
   reduces likewise, so every rank follows the same line search) update identical parameters
@@ -221,25 +221,19 @@ class Distributed:
         """This rank's share J_r of J on the global batch (x, y) (one process: J itself,
         :meth:`Trainer.loss <pdenets.training.Trainer.loss>`).
 
-        ``J_r = (n_r / n)·J(x_r, y_r) + (1/W − n_r / n)·R`` with (x_r, y_r) = the rank's
-        :meth:`shard`, n_r its size and R the objective's regularization, so that
-        Σ_r J_r = J(x, y) (MODEL.md §4): the mean data loss over the global batch and R once.
-        With equal shares the correction term vanishes and R is not evaluated again.
+        ``J_r = (n_r / n)·J(x_r, y_r)`` with (x_r, y_r) = the rank's :meth:`shard` and n_r
+        its size. J of MODEL.md §4 is the mean data loss D plus the regularization R, so
+        Σ_r J_r = Σ_r (n_r / n)·D_r + (Σ_r n_r / n)·R = D(x, y) + R = J(x, y): the mean over
+        the global batch, with R counted once (a rank without samples contributes 0).
         """
         if self.world == 1:
             return trainer.loss(x, y)
         n = len(x)
         part = self.shard(n)
-        xs, ys = x[part], y[part]
-        k = len(xs)
-        if k == 0:  # fewer samples than ranks: only R/W, and a graph for backward()
-            reg = trainer.objective.regularization(trainer.net)
-            return reg / self.world + x.new_zeros((), requires_grad=True)
-        share = trainer.loss(xs, ys) * (k / n)
-        if k * self.world != n:
-            share = share + trainer.objective.regularization(trainer.net) * (
-                1.0 / self.world - k / n)
-        return share
+        k = part.stop - part.start
+        if k == 0:  # fewer samples than ranks: a zero share (with a graph for backward())
+            return x.new_zeros((), requires_grad=True)
+        return trainer.loss(x[part], y[part]) * (k / n)
 
     @overload
     def reduce_gradients(self, params: Iterable[torch.Tensor], value: torch.Tensor
