@@ -16,9 +16,9 @@ the 1-process run with the same *global* batch (to rounding):
   regularization R(θ). Rank r evaluates the objective on its n_r samples (any gradient strategy
   of §5: autograd, the checkpointed discrete adjoint or the continuous adjoint) and weights it
   into its share ``J_r = (n_r / n)·J(shard)`` (:meth:`Distributed.loss`); as Σ_r n_r = n,
-  Σ_r J_r = J(global batch), with R counted once (not W times). The gradients of the shares are *summed* by
-  one ``all_reduce`` of a flat buffer (:meth:`Distributed.reduce_gradients`, which also sums
-  the shares' values), after which gradient clipping, Adam, SGD or L-BFGS (whose closure
+  Σ_r J_r = J(global batch), with R counted once (not W times). The gradients of the shares
+  are *summed* by one ``all_reduce`` of a flat buffer (:meth:`Distributed.reduce_gradients`,
+  which also sums the shares' values), after which gradient clipping, Adam, SGD or L-BFGS (whose closure
   reduces likewise, so every rank follows the same line search) update identical parameters
   identically on every rank.
 * **Evaluation** (validation every epoch, the final metrics) is sharded the same way and its
