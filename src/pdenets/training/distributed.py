@@ -18,9 +18,9 @@ the 1-process run with the same *global* batch (to rounding):
   into its share ``J_r = (n_r / n)·J(shard)`` (:meth:`Distributed.loss`); as Σ_r n_r = n,
   Σ_r J_r = J(global batch), with R counted once (not W times). The gradients of the shares
   are *summed* by one ``all_reduce`` of a flat buffer (:meth:`Distributed.reduce_gradients`,
-  which also sums the shares' values), after which gradient clipping, Adam, SGD or L-BFGS (whose closure
-  reduces likewise, so every rank follows the same line search) update identical parameters
-  identically on every rank.
+  which also sums the shares' values); then gradient clipping, Adam, SGD or L-BFGS (whose
+  closure reduces likewise, so every rank follows the same line search) update identical
+  parameters identically on every rank.
 * **Evaluation** (validation every epoch, the final metrics) is sharded the same way and its
   sums are all-reduced (:meth:`Distributed.evaluate`): every rank gets the same numbers, so
   model selection and early stopping are decided identically everywhere.
