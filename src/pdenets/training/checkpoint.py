@@ -77,14 +77,34 @@ def _read_metadata(path: Path) -> dict[str, str]:
     return dict(meta or {})
 
 
-def checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
+def _metadata_of_bytes(data: bytes, path: Path) -> dict[str, str]:
+    """The header metadata of a safetensors file given as bytes (its first 8 bytes: the
+    little-endian length of the JSON header that follows; ``__metadata__`` in it)."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or n > len(data) - 8:
+            raise ValueError("truncated header")
+        header = json.loads(data[8:8 + n])
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("__metadata__ is not an object")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: {e}") from None
+    return meta
+
+
+def checkpoint_info(path: str | os.PathLike, *, data: bytes | None = None) -> dict[str, Any]:
     """The JSON metadata object of the checkpoint ``path`` (see the module docstring); a
     missing file raises :class:`~pdenets.errors.PdenetsError`, a corrupt or foreign one
-    :class:`~pdenets.errors.ModelFileError`."""
+    :class:`~pdenets.errors.ModelFileError`. ``data``: the file's bytes (then ``path`` only
+    names it in messages)."""
     path = Path(path)
-    if not path.is_file():
+    if data is not None:
+        meta = _metadata_of_bytes(data, path)
+    elif not path.is_file():
         raise PdenetsError(f"checkpoint {str(path)!r} does not exist")
-    meta = _read_metadata(path)
+    else:
+        meta = _read_metadata(path)
     try:
         info = json.loads(meta["pdenets"])
     except (KeyError, ValueError) as e:
@@ -131,14 +151,19 @@ def save_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
                        make_parents=False)
 
 
-def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
+def load_checkpoint(trainer: Trainer, path: str | os.PathLike, *,
+                    data: bytes | None = None) -> None:
     """Restore the state written by :func:`save_checkpoint` into ``trainer``; its method's
     :meth:`~pdenets.training.methods.Method.before_load` and ``after_load`` hooks run around
-    it. A damaged or foreign file raises :class:`~pdenets.errors.ModelFileError`."""
+    it. A damaged or foreign file raises :class:`~pdenets.errors.ModelFileError`.
+
+    ``data``: the checkpoint file's bytes, read elsewhere (``path`` then only names it in
+    messages) — the ranks of a data-parallel run restore rank 0's checkpoint this way
+    (:mod:`pdenets.training.distributed`)."""
     path = Path(path)
-    info = checkpoint_info(path)
+    info = checkpoint_info(path, data=data)
     try:
-        tensors = st_load(path.read_bytes())
+        tensors = st_load(path.read_bytes() if data is None else data)
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: {e}") from None
     trainer.method.before_load(trainer, info)

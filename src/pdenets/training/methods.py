@@ -145,8 +145,11 @@ class Method:
         total = 0.0
         for idx in trainer.minibatches():
             opt.zero_grad(set_to_none=True)
-            J = trainer.loss(trainer.augment(x[idx]), y[idx])
+            # this rank's share of J on the global batch (J itself in one process), and the
+            # gradient and value of J summed over the ranks (pdenets.training.distributed)
+            J = trainer.dist.loss(trainer, trainer.augment(x[idx]), y[idx])
             J.backward()
+            J = trainer.dist.reduce_gradients(trainer.params, J.detach())
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainer.params, clip)
             opt.step()
@@ -208,9 +211,10 @@ class LBFGS(Method):
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            J = trainer.loss(x, y)
+            J = trainer.dist.loss(trainer, x, y)  # this rank's share (distributed.py)
             J.backward()
-            last["J"] = float(J.detach())
+            J = trainer.dist.reduce_gradients(trainer.params, J.detach())
+            last["J"] = float(J)
             return J
 
         opt.step(closure)

@@ -16,8 +16,10 @@ from .._outputs import MARKER, Output, atomic_write_bytes, is_temp_name, remove_
 from ..config import Config
 from ..data import Dataset, load_dataset_config
 from ..errors import PdenetsError
+from . import distributed as _distributed
 from .build import resolved_config
-from .checkpoint import checkpoint_config
+from .checkpoint import checkpoint_config, load_checkpoint
+from .distributed import Distributed
 from .factory import make_trainer
 
 __all__ = ["run_training", "RUN_FILES", "dataclass_dict", "ds_preprocess"]
@@ -69,7 +71,8 @@ def _save_model(net, path: Path, extra: dict) -> None:
 
 
 def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
-                 progress: bool = True, plots: bool = True, overwrite: bool = False) -> dict:
+                 progress: bool = True, plots: bool = True, overwrite: bool = False,
+                 nproc: int = 1, dist: Distributed | None = None) -> dict:
     """Train as configured and write the results directory ``out``.
 
     Before it computes, the run claims ``out`` (:class:`pdenets._outputs.Output`): it refuses
@@ -87,43 +90,121 @@ def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
     uninterrupted run would have gone on, whatever the point of interruption; a run killed
     before its first checkpoint starts afresh.
 
-    Returns the metrics (also in ``metrics.json``), with ``wall_seconds`` and ``out``.
+    Data-parallel training (:mod:`pdenets.training.distributed`): ``nproc`` > 1 spawns that
+    many local worker processes (gloo on CPU, NCCL on CUDA); in a process started by
+    ``torchrun`` (``WORLD_SIZE`` > 1) the run joins its process group; ``dist`` runs it as a
+    rank of a context made by the caller. The result equals the 1-process run with the same
+    global batch (to rounding). Only rank 0 touches ``out``: it claims, writes and commits it
+    as above and, on resume, sends the checkpoint to the other ranks.
+
+    Returns the metrics (also in ``metrics.json``), with ``wall_seconds`` and ``out``; with
+    several processes every rank returns them (``nproc`` > 1: rank 0's).
     """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise PdenetsError(f"nproc: must be an integer >= 1, got {nproc!r}")
+    if dist is None:
+        world = _distributed.env_world()
+        if world > 1:
+            if nproc > 1:
+                raise PdenetsError(
+                    f"--nproc {nproc} spawns local workers, but this process was started by "
+                    f"torchrun (WORLD_SIZE={world}); give torchrun's --nproc-per-node instead")
+            env = _distributed.from_env(cfg.device)
+            assert env is not None
+            try:
+                return _run(cfg, Path(out), resume, progress, plots, overwrite, env)
+            finally:
+                env.close()
+        if nproc > 1:
+            if not resume:
+                _distributed.check_method(cfg.train.method)
+            return _distributed.spawn(_rank_main, nproc, cfg, str(out), resume, progress, plots,
+                                      overwrite, device=cfg.device)
+        dist = _distributed.Distributed()
+    elif nproc != 1:
+        raise PdenetsError("run_training: give nproc or dist, not both")
+    return _run(cfg, Path(out), resume, progress, plots, overwrite, dist)
+
+
+def _rank_main(dist: Distributed, cfg: Config, out: str, resume: bool, progress: bool,
+               plots: bool, overwrite: bool) -> dict:
+    """One rank of ``run_training(nproc=N)`` (a worker of :func:`~.distributed.spawn`)."""
+    return run_training(cfg, out, resume=resume, progress=progress, plots=plots,
+                        overwrite=overwrite, dist=dist)
+
+
+def _run_follower(out: Path, dist: Distributed, t_start: float) -> dict:
+    """A rank > 0: train with rank 0's configuration (and checkpoint, on resume) and never
+    touch ``out``."""
+    cfg, state = dist.share()
+    ds = load_dataset_config(cfg.data)
+    torch.manual_seed(cfg.seed)
+    trainer = make_trainer(cfg, ds, progress=False, dist=dist)
+    if state is not None:
+        load_checkpoint(trainer, "<rank 0's checkpoint>", data=state)
+    dist.barrier()  # (rank 0's as well: the first epoch's time excludes the set-up)
+    result = trainer.fit()
+    metrics = dict(result.metrics)
+    metrics["wall_seconds"] = time.perf_counter() - t_start
+    metrics["out"] = str(out)
+    return metrics
+
+
+def _run(cfg: Config, out: Path, resume: bool, progress: bool, plots: bool, overwrite: bool,
+         dist: Distributed) -> dict:
     t_start = time.perf_counter()
-    out = Path(out)
-    target = Output(out, "train", overwrite=overwrite)
-    target.check_target()
-    work = _partial(target.path)
-    ckpt = work / "checkpoint.safetensors"
-    with target.claim(also=[work]):
-        fresh = True
-        if resume:
-            if not work.is_dir():
-                raise PdenetsError(f"nothing to resume: {str(work)!r} does not exist")
-            remove_temp_files(work)
-            if ckpt.is_file():
-                cfg = checkpoint_config(ckpt)
-                fresh = False
-            else:
-                print(f"no checkpoint in {str(work)!r} (the run was interrupted before its "
-                      f"first one): starting the run afresh", file=sys.stderr)
-        ds = load_dataset_config(cfg.data)
-        torch.manual_seed(cfg.seed)
-        trainer = make_trainer(cfg, ds, checkpoint_path=ckpt, log_path=work / "metrics.jsonl",
-                               progress=progress)
-        if fresh:
-            _clear_work(work, str(out))
-        else:
-            trainer.load_checkpoint(ckpt)
+    if not dist.is_main:
+        return _run_follower(out, dist, t_start)
+    with contextlib.ExitStack() as stack:
+        # set-up on rank 0; the other ranks wait in dist.share() for its configuration and
+        # checkpoint, or its error
         try:
-            work.mkdir(exist_ok=True)
-        except OSError as e:
-            raise PdenetsError(f"cannot write output directory {str(out)!r}: "
-                               f"{e.strerror or e}") from None
-        atomic_write_bytes(work / "config.toml", resolved_config(cfg, ds).to_toml().encode(),
-                           make_parents=False)
-        if fresh:
-            trainer.save_checkpoint(ckpt)  # epoch 0: a run killed in epoch 1 resumes exactly
+            target = Output(out, "train", overwrite=overwrite)
+            target.check_target()
+            work = _partial(target.path)
+            ckpt = work / "checkpoint.safetensors"
+            stack.enter_context(target.claim(also=[work]))
+            fresh = True
+            if resume:
+                if not work.is_dir():
+                    raise PdenetsError(f"nothing to resume: {str(work)!r} does not exist")
+                remove_temp_files(work)
+                if ckpt.is_file():
+                    cfg = checkpoint_config(ckpt)
+                    fresh = False
+                else:
+                    print(f"no checkpoint in {str(work)!r} (the run was interrupted before "
+                          f"its first one): starting the run afresh", file=sys.stderr)
+            if dist.world > 1:
+                _distributed.check_method(cfg.train.method)
+                if (dist.backend == "nccl") != cfg.device.startswith("cuda"):
+                    raise PdenetsError(f"device: the run is configured for {cfg.device!r} but "
+                                       f"its processes were started with {dist.backend}; "
+                                       f"give the run's device (--set device=...)")
+            ds = load_dataset_config(cfg.data)
+            torch.manual_seed(cfg.seed)
+            trainer = make_trainer(cfg, ds, checkpoint_path=ckpt,
+                                   log_path=work / "metrics.jsonl", progress=progress, dist=dist)
+            state = None
+            if fresh:
+                _clear_work(work, str(out))
+            else:
+                state = ckpt.read_bytes() if dist.world > 1 else None
+                trainer.load_checkpoint(ckpt)
+            try:
+                work.mkdir(exist_ok=True)
+            except OSError as e:
+                raise PdenetsError(f"cannot write output directory {str(out)!r}: "
+                                   f"{e.strerror or e}") from None
+            atomic_write_bytes(work / "config.toml",
+                               resolved_config(cfg, ds).to_toml().encode(), make_parents=False)
+            if fresh:
+                trainer.save_checkpoint(ckpt)  # epoch 0: a run killed in epoch 1 resumes exactly
+        except Exception as e:
+            dist.share(error=e)
+            raise
+        dist.share((cfg, state))
+        dist.barrier()
         try:
             result = trainer.fit()
         except KeyboardInterrupt:

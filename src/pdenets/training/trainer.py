@@ -34,6 +34,7 @@ from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, data_loss
 from . import checkpoint as _checkpoint
 from .build import DTYPES, build_network, make_adjoint_from_config, make_objective
+from .distributed import Distributed
 from .methods import Method, get_method, lr_factor
 
 if TYPE_CHECKING:
@@ -105,13 +106,18 @@ class Trainer:
         JSON-lines metrics log (one object per epoch).
     progress : bool
         Show a progress bar on stderr.
+    dist : Distributed, optional
+        The data-parallel context (:mod:`pdenets.training.distributed`): the method computes
+        this rank's share of every global batch and sums the gradients over the ranks; the
+        evaluations are sharded. Default: one process.
     """
 
     def __init__(self, cfg: Config, ds: Dataset | Mapping, net: ContinuumNetwork | None = None,
                  *, method: Method | None = None, objective: Objective | None = None,
                  adjoint: Adjoint | None | object = _FROM_CONFIG,
                  checkpoint_path: str | os.PathLike | None = None,
-                 log_path: str | os.PathLike | None = None, progress: bool = False) -> None:
+                 log_path: str | os.PathLike | None = None, progress: bool = False,
+                 dist: Distributed | None = None) -> None:
         self.method = method if method is not None else get_method(cfg.train.method)(cfg)
         cfg = self.method.prepare(cfg, ds)
         self.cfg, self.ds = cfg, ds
@@ -146,6 +152,8 @@ class Trainer:
         self.stopped = False  # early stopping triggered (saved in checkpoints)
         self.kept_epoch = 0
         self.data = self._tensors(ds)
+        self.dist = dist if dist is not None else Distributed()
+        self.dist.check(self)
         self.method.attach(self)
 
     def _tensors(self, ds: Dataset | Mapping) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -293,8 +301,8 @@ class Trainer:
                         f"lower train.lr"
                     )
                 seconds = time.perf_counter() - t0
-                val = evaluate(self.net, *self.data["val"], self.objective.loss, self.disc,
-                               t.eval_batch_size)
+                val = self.dist.evaluate(evaluate, self.net, *self.data["val"],
+                                         self.objective.loss, self.disc, t.eval_batch_size)
                 rec = {
                     "epoch": self.epoch + 1, "train_objective": train_obj,
                     "val_loss": val["loss"], "val_accuracy": val["accuracy"],
@@ -351,8 +359,8 @@ class Trainer:
 
     def _result(self, stopped: bool) -> TrainResult:
         loss = self.objective.loss
-        ev = {s: evaluate(self.net, *self.data[s], loss, self.disc, self.cfg.train.eval_batch_size)
-              for s in SPLITS}
+        ev = {s: self.dist.evaluate(evaluate, self.net, *self.data[s], loss, self.disc,
+                                    self.cfg.train.eval_batch_size) for s in SPLITS}
         metrics = {
             "dataset": self.data_name, "method": self.cfg.train.method,
             "gradient": self.cfg.train.gradient, "epochs_run": self.epoch,
