@@ -15,7 +15,7 @@ from pdenets._checks import value_checks
 from pdenets.config import load_config
 from pdenets.errors import ConfigError, PdenetsError
 from pdenets.integrators import stage_times
-from pdenets.network import ContinuumNetwork, Discretization
+from pdenets.network import ContinuumNetwork
 from pdenets.training import Trainer
 from pdenets.training import trainer as trainer_mod
 

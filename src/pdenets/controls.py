@@ -134,10 +134,10 @@ class _StageTable(KernelSchedule):
             if len(_TABLE_INDEX) > 256:
                 _TABLE_INDEX.clear()
             _TABLE_INDEX[ck] = cached
-        i0, i1, w = cached
+        i0, i1, wt = cached
         cols = []
         for X in knots:
-            ws = w.to(X.dtype).reshape(-1, *([1] * (X.dim() - 1)))
+            ws = wt.to(X.dtype).reshape(-1, *([1] * (X.dim() - 1)))
             cols.append(torch.lerp(X[i0], X[i1], ws).unbind(0))
         build = getattr(base, "build", None)
         for u in range(len(keys)):
@@ -151,7 +151,8 @@ class _StageTable(KernelSchedule):
         return getattr(self.base, name)
 
     def at(self, t, t0, t1):
-        u = self.keys.get(_canonical(self.base.index, t, t0, t1))  # type: ignore[attr-defined]
+        index = self.base.index
+        u = self.keys.get(_canonical(index, t, t0, t1))
         if u is None:
             return self.base.at(t, t0, t1)
         return self.values[u]
