@@ -74,7 +74,8 @@ class KernelSchedule:
         # L²_ω operator norm of A equals the spectral norm of diag(√ω) A diag(1/√ω)
         return float(torch.linalg.matrix_norm(s[:, None] * A / s[None, :], ord=2))
 
-    def batched(self, stages: Sequence[tuple[float, float, float]]) -> KernelSchedule:
+    def batched(self, stages: Sequence[tuple[float, float, float]],
+                chunk: int | None = None) -> KernelSchedule:
         """The schedule with the controls of all ``stages`` ``(t, t0, t1)`` evaluated at once.
 
         The stage depths of a fixed-step solve are known before it starts (MODEL.md §2), so a
@@ -83,11 +84,11 @@ class KernelSchedule:
         batched operation per knot tensor — stages that share a depth share the value — and
         :meth:`at` then only looks the value up (:class:`_StageTable`; identical values, one
         node in the autograd graph instead of one per stage). Other schedules return
-        themselves."""
+        themselves. ``chunk`` bounds the depths evaluated at once (see :class:`_StageTable`)."""
         if not (callable(getattr(self, "index", None))
                 and callable(getattr(self, "knot_tensors", None))):
             return self
-        return _StageTable(self, stages)
+        return _StageTable(self, stages, chunk)
 
 
 #: index and weight tensors of the stage tables, by (stage keys, device): the same fixed-step
@@ -107,9 +108,12 @@ class _StageTable(KernelSchedule):
     ``lerp(X[k_u], X[k_u + 1], s_u)`` for all u at once — exactly what the per-stage
     :meth:`at` computes one at a time (``X[k]`` itself where s = 0) — and splits the result
     into per-stage views with one ``unbind``. Depths not in the table fall back to the
-    underlying schedule."""
+    underlying schedule. With ``chunk`` the distinct depths are evaluated ``chunk`` at a time,
+    when first asked for, keeping only the current chunk (memory independent of the number of
+    stages: the continuous adjoint's sweeps, which visit the stages in order)."""
 
-    def __init__(self, base: KernelSchedule, stages: Sequence[tuple[float, float, float]]):
+    def __init__(self, base: KernelSchedule, stages: Sequence[tuple[float, float, float]],
+                 chunk: int | None = None):
         self.base = base
         self.breakpoints = base.breakpoints
         index = base.index  # type: ignore[attr-defined]
@@ -117,10 +121,22 @@ class _StageTable(KernelSchedule):
         for t, t0, t1 in stages:
             keys.setdefault(_canonical(index, t, t0, t1), len(keys))
         self.keys = keys
-        knots = base.knot_tensors()  # type: ignore[attr-defined]
+        self.chunk = max(1, len(keys)) if chunk is None else int(chunk)
+        self._order = list(keys)
+        self._current = -1
         self.values: list = []
+        if chunk is None:
+            self._load(0)
+
+    def _load(self, c: int) -> None:
+        """Evaluate the c-th chunk of distinct depths (all of them without ``chunk``)."""
+        keys = self._order[c * self.chunk:(c + 1) * self.chunk]
+        self._current = c
+        self.values = []
         if not keys:
             return
+        base = self.base
+        knots = base.knot_tensors()  # type: ignore[attr-defined]
         ref = knots[-1]
         ck = (tuple(keys), ref.device, ref.dtype, knots[0].shape[0])
         cached = _TABLE_INDEX.get(ck)
@@ -141,7 +157,7 @@ class _StageTable(KernelSchedule):
             cols.append(torch.lerp(X[i0], X[i1], ws).unbind(0))
         build = getattr(base, "build", None)
         for u in range(len(keys)):
-            vals = [c[u] for c in cols]
+            vals = [col[u] for col in cols]
             self.values.append((build(vals[:-1]), vals[-1]) if build is not None
                                else (vals[0], vals[1]))
 
@@ -155,13 +171,16 @@ class _StageTable(KernelSchedule):
         u = self.keys.get(_canonical(index, t, t0, t1))
         if u is None:
             return self.base.at(t, t0, t1)
-        return self.values[u]
+        c, pos = divmod(u, self.chunk)
+        if c != self._current:
+            self._load(c)
+        return self.values[pos]
 
     def norms(self, t, t0, t1):
         return self.base.norms(t, t0, t1)
 
-    def batched(self, stages):
-        return self.base.batched(stages)
+    def batched(self, stages, chunk=None):
+        return self.base.batched(stages, chunk)
 
 
 class _KnotSchedule(KernelSchedule):
