@@ -95,6 +95,9 @@ class TrainConfig:
     clip_norm: float = 0.0
     checkpoint_every: int = 1
     eval_batch_size: int = 2048
+    # the optimization step (issue 13): torch.compile ("auto": where it pays) and CUDA graphs
+    compile: str = "auto"
+    cuda_graphs: bool = False
     # random affine deformations of image inputs (pdenets.data.random_affine)
     augment_rotate: float = 10.0
     augment_shift: float = 0.5
@@ -246,6 +249,7 @@ def validate(cfg: Config) -> None:
     choice("train.schedule", t.schedule, SCHEDULES)
     choice("train.keep", t.keep, ("best", "last"))
     choice("train.gradient", t.gradient, tuple(ADJOINTS))
+    choice("train.compile", t.compile, ("auto", "on", "off"))
     positive("train.epochs", t.epochs)
     positive("train.batch_size", t.batch_size)
     positive("train.lr", t.lr)

@@ -36,7 +36,7 @@ the integral ∫ w(x_i, y, t) u(y) dy is the matrix product ``u @ A(t).T`` (cost
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -73,6 +73,114 @@ class KernelSchedule:
         s = torch.sqrt(w)
         # L²_ω operator norm of A equals the spectral norm of diag(√ω) A diag(1/√ω)
         return float(torch.linalg.matrix_norm(s[:, None] * A / s[None, :], ord=2))
+
+    def batched(self, stages: Sequence[tuple[float, float, float]],
+                chunk: int | None = None) -> KernelSchedule:
+        """The schedule with the controls of all ``stages`` ``(t, t0, t1)`` evaluated at once.
+
+        The stage depths of a fixed-step solve are known before it starts (MODEL.md §2), so a
+        knot-based schedule (one with ``index`` and ``knot_tensors``: :class:`GridControls`,
+        :class:`~pdenets.kernels.KernelControls`) interpolates every distinct stage depth in one
+        batched operation per knot tensor — stages that share a depth share the value — and
+        :meth:`at` then only looks the value up (:class:`_StageTable`; identical values, one
+        node in the autograd graph instead of one per stage). Other schedules return
+        themselves. ``chunk`` bounds the depths evaluated at once (see :class:`_StageTable`)."""
+        if not (callable(getattr(self, "index", None))
+                and callable(getattr(self, "knot_tensors", None))):
+            return self
+        return _StageTable(self, stages, chunk)
+
+
+#: index and weight tensors of the stage tables, by (stage keys, device): the same fixed-step
+#: discretization asks for the same ones at every forward (no host-to-device copy then)
+_TABLE_INDEX: dict = {}
+
+
+def _canonical(index: Callable, t: float, t0: float, t1: float) -> tuple[int, float]:
+    k, s = index(t, t0, t1)
+    return (k + 1, 0.0) if s == 1.0 else (k, s)
+
+
+class _StageTable(KernelSchedule):
+    """A knot-based schedule evaluated at a known list of stage depths in one batch.
+
+    For knot tensors X (``(K, ...)``) and the distinct stage keys (k_u, s_u) it computes
+    ``lerp(X[k_u], X[k_u + 1], s_u)`` for all u at once — exactly what the per-stage
+    :meth:`at` computes one at a time (``X[k]`` itself where s = 0) — and splits the result
+    into per-stage views with one ``unbind``. Depths not in the table fall back to the
+    underlying schedule. With ``chunk`` the distinct depths are evaluated ``chunk`` at a time,
+    when first asked for, keeping only the current chunk (memory independent of the number of
+    stages: the continuous adjoint's sweeps, which visit the stages in order)."""
+
+    def __init__(self, base: KernelSchedule, stages: Sequence[tuple[float, float, float]],
+                 chunk: int | None = None):
+        self.base = base
+        self.breakpoints = base.breakpoints
+        index = base.index  # type: ignore[attr-defined]
+        keys: dict[tuple[int, float], int] = {}
+        for t, t0, t1 in stages:
+            keys.setdefault(_canonical(index, t, t0, t1), len(keys))
+        self.keys = keys
+        self.chunk = max(1, len(keys)) if chunk is None else int(chunk)
+        self._order = list(keys)
+        self._current = -1
+        self.values: list = []
+        if chunk is None:
+            self._load(0)
+
+    def _load(self, c: int) -> None:
+        """Evaluate the c-th chunk of distinct depths (all of them without ``chunk``)."""
+        keys = self._order[c * self.chunk:(c + 1) * self.chunk]
+        self._current = c
+        self.values = []
+        if not keys:
+            return
+        base = self.base
+        knots = base.knot_tensors()  # type: ignore[attr-defined]
+        ref = knots[-1]
+        ck = (tuple(keys), ref.device, ref.dtype, knots[0].shape[0])
+        cached = _TABLE_INDEX.get(ck)
+        if cached is None:
+            K = knots[0].shape[0]
+            k0 = [k for k, _ in keys]
+            k1 = [min(k + 1, K - 1) if s != 0.0 else k for k, s in keys]
+            w = [s for _, s in keys]
+            cached = (torch.tensor(k0, device=ref.device), torch.tensor(k1, device=ref.device),
+                      torch.tensor(w, dtype=ref.dtype, device=ref.device))
+            if len(_TABLE_INDEX) > 256:
+                _TABLE_INDEX.clear()
+            _TABLE_INDEX[ck] = cached
+        i0, i1, wt = cached
+        cols = []
+        for X in knots:
+            ws = wt.to(X.dtype).reshape(-1, *([1] * (X.dim() - 1)))
+            cols.append(torch.lerp(X[i0], X[i1], ws).unbind(0))
+        build = getattr(base, "build", None)
+        for u in range(len(keys)):
+            vals = [col[u] for col in cols]
+            self.values.append((build(vals[:-1]), vals[-1]) if build is not None
+                               else (vals[0], vals[1]))
+
+    def __getattr__(self, name: str):
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def at(self, t, t0, t1):
+        index = self.base.index
+        u = self.keys.get(_canonical(index, t, t0, t1))
+        if u is None:
+            return self.base.at(t, t0, t1)
+        c, pos = divmod(u, self.chunk)
+        if c != self._current:
+            self._load(c)
+        return self.values[pos]
+
+    def norms(self, t, t0, t1):
+        return self.base.norms(t, t0, t1)
+
+    def batched(self, stages, chunk=None):
+        return self.base.batched(stages, chunk)
 
 
 class _KnotSchedule(KernelSchedule):

@@ -444,6 +444,33 @@ class Solver:
         may overwrite ``u`` and reuse buffers."""
         raise NotImplementedError
 
+    #: depths c_i (fractions of a step) at which :meth:`step` evaluates the reaction, when
+    #: known in advance (fixed-step solvers); None otherwise
+    nodes: tuple[float, ...] | None = None
+
+
+def stage_times(solver: Solver, t_start: float, t_end: float, steps: int
+                ) -> list[tuple[float, float, float]]:
+    """The stages ``(t, lo, hi)`` at which a fixed-step solve by :func:`integrate_span` of
+    ``steps`` equal steps from ``t_start`` to ``t_end`` evaluates the right-hand side, with
+    exactly the floating-point depths the driver computes (step n starts at
+    t_start + n h; stage i is at t0 + c_i h). Empty for adaptive solvers and solvers whose
+    stage depths are unknown (see :attr:`Solver.nodes`). Used to evaluate the controls of
+    all stages at once (MODEL.md §2; :meth:`KernelSchedule.batched
+    <pdenets.controls.KernelSchedule.batched>`)."""
+    if solver.adaptive:
+        return []
+    nodes = solver.tableau.c if isinstance(solver, ExplicitRK) else solver.nodes
+    if nodes is None:
+        return []
+    hs = (t_end - t_start) / steps
+    out = []
+    for n in range(steps):
+        t0 = t_start + n * hs
+        lo, hi = (t0, t0 + hs) if hs >= 0 else (t0 + hs, t0)
+        out += [(t0 + ci * hs, lo, hi) for ci in nodes]
+    return out
+
 
 def _axpy(y, alpha: float, k):
     """y + alpha·k for a tensor or a tuple state (extra slope components are ignored)."""
@@ -709,6 +736,7 @@ class IMEXEuler(Solver):
     """IMEX Euler: (I − h ε Δ) u_{k+1} = u_k + h R(t_k, u_k); order 1, stable for any h in ε."""
 
     name, order = "imex-euler", 1
+    nodes = (0.0,)
 
     def step(self, system, t0, h, u, stats, inplace=False):
         stats.nfev += 1
@@ -726,6 +754,7 @@ class Strang(Solver):
     """
 
     name, order = "strang", 2
+    nodes = (0.0, 1.0)
 
     def step(self, system, t0, h, u, stats, inplace=False):
         half = (lambda lam: torch.exp(0.5 * h * system.eps * lam)) if system.eps > 0 else None

@@ -684,11 +684,15 @@ class ConvKernel(Kernel):
         return self.method == "dense" or not self.uniform(grid)
 
     def stencil_half(self, grid: Grid) -> tuple[int, ...]:
+        key = ("stencil_half", self.radius)  # once per grid: reading h syncs with a device
+        if key in grid._cache:
+            return grid._cache[key]
         out = []
         for ax in grid.axes:
             n = len(ax)
             h = float(ax[1] - ax[0]) if n > 1 else 1.0
             out.append(min(n - 1, int(math.floor(self.radius / h * (1 + 1e-12)))))
+        grid._cache[key] = tuple(out)
         return tuple(out)
 
     def stencil_knots(self, grid: Grid) -> torch.Tensor:

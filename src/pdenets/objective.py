@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _basis
-from ._checks import check_choice, check_finite, check_nonnegative
+from ._checks import check_choice, check_finite, check_nonnegative, value_checks_enabled
 from .controls import GridControls
 from .errors import PdenetsError
 
@@ -32,7 +32,11 @@ LOSSES = ("cross_entropy", "mse")
 
 def data_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
     """Mean loss ℓ over the batch: cross-entropy (integer class labels) or squared error
-    (ℓ = ½‖y − target‖², targets of the outputs' shape)."""
+    (ℓ = ½‖y − target‖², targets of the outputs' shape).
+
+    The label-range and finite-target checks read values back to the host; they are skipped
+    inside :func:`pdenets._checks.value_checks` ``(False)`` (the training loop checks its data
+    once, MODEL.md §4)."""
     check_choice(loss, LOSSES, "loss")
     if loss == "cross_entropy":
         if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -41,7 +45,8 @@ def data_loss(outputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.
             raise PdenetsError(
                 f"labels have shape {tuple(targets.shape)}; expected ({outputs.shape[0]},)"
             )
-        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= outputs.shape[1]):
+        if targets.numel() and value_checks_enabled() and (
+                int(targets.min()) < 0 or int(targets.max()) >= outputs.shape[1]):
             raise PdenetsError(
                 f"labels must lie in [0, {outputs.shape[1] - 1}] for {outputs.shape[1]} outputs"
             )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from .._checks import value_checks
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 __all__ = ["Method", "register_method", "get_method", "method_names", "METHODS", "PLUGINS",
-           "SCHEDULES", "lr_factor", "Adam", "SGD", "LBFGS"]
+           "SCHEDULES", "lr_factor", "set_lr", "Adam", "SGD", "LBFGS"]
 
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -97,6 +98,13 @@ def lr_factor(cfg: Config, epoch: int) -> float:
     return 1.0
 
 
+def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, epoch: int) -> None:
+    """Set every parameter group's learning rate to its initial one × :func:`lr_factor`."""
+    f = lr_factor(cfg, epoch)
+    for g in optimizer.param_groups:
+        g["lr"] = g.setdefault("initial_lr", g["lr"]) * f
+
+
 class Method:
     """An optimization method of a :class:`~pdenets.training.Trainer` (base class: Adam on
     minibatches, see :class:`Adam`).
@@ -139,22 +147,20 @@ class Method:
 
     # -- one epoch ----------------------------------------------------------------------------
     def train_epoch(self, trainer: Trainer) -> float:
-        """One epoch of minibatch steps; returns the mean training objective."""
-        x, y = trainer.data["train"]
-        opt, clip = trainer.optimizer, trainer.cfg.train.clip_norm
-        total = 0.0
-        for idx in trainer.minibatches():
-            opt.zero_grad(set_to_none=True)
-            # this rank's share of J on the global batch (J itself in one process), and the
-            # gradient and value of J summed over the ranks (pdenets.training.distributed)
-            J = trainer.dist.loss(trainer, trainer.augment(x[idx]), y[idx])
-            J.backward()
-            J = trainer.dist.reduce_gradients(trainer.params, J.detach())
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainer.params, clip)
-            opt.step()
-            total += float(J.detach()) * len(idx)
-        return total / len(x)
+        """One epoch of minibatch steps (:meth:`Trainer.step
+        <pdenets.training.Trainer.step>`); returns the mean training objective.
+
+        The hot path: the data were checked once (finite, labels in range) when the trainer
+        was built, so the steps run with the per-call value checks off, and the objective is
+        summed on the device — one host synchronization per epoch. Under data parallelism
+        the step sums the ranks' shares of J and of its gradient (one all-reduce)."""
+        n = len(trainer.data["train"][0])
+        total = torch.zeros((), dtype=torch.float64, device=trainer.device)
+        with value_checks(False):
+            for xb, yb in trainer.batches():
+                J = trainer.step(xb, yb)
+                total += J.to(torch.float64) * len(xb)
+        return float(total) / n
 
     def epoch_record(self, trainer: Trainer) -> dict:
         """Extra fields of this epoch's history record (default: none)."""

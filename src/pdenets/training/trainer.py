@@ -7,10 +7,17 @@ full-batch L-BFGS with a strong-Wolfe line search, MSA, multilevel — resolved 
 the method registry, so this module imports none of the later layers). It evaluates on the
 validation split every epoch, keeps the last iterate or the best controls by validation loss
 (``train.keep``), stops early after ``patience`` epochs without improvement, deforms image
-minibatches by random small affine maps (``train.augment_*``), logs JSON lines, shows a
+minibatches by random small affine maps (``train.augment_*``; drawn on the host, sent to the
+device once per epoch), logs JSON lines, shows a
 progress bar and writes resumable checkpoints (:mod:`pdenets.training.checkpoint`): resuming
 from a checkpoint reproduces the uninterrupted run exactly (same seed), because the optimizer
 state, the data-shuffling generator and the history are all restored.
+
+The hot path (issue 13): the data are checked once (finite values, labels in range) when the
+trainer is built; the steps run without per-call value checks and sum the objective on the
+device (one host synchronization per epoch). A step (:meth:`Trainer.step`) runs eagerly,
+compiled by ``torch.compile`` (``train.compile`` = "auto" | "on" | "off") or, on CUDA, as a
+replayed CUDA graph (``train.cuda_graphs``).
 """
 
 from __future__ import annotations
@@ -27,20 +34,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .._checks import check_finite
 from ..adjoint import Adjoint
-from ..data import Dataset, random_affine
+from ..data import Dataset, affine_images, random_affine
 from ..errors import PdenetsError
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, data_loss
 from . import checkpoint as _checkpoint
 from .build import DTYPES, build_network, make_adjoint_from_config, make_objective
 from .distributed import Distributed
-from .methods import Method, get_method, lr_factor
+from .methods import Method, get_method, set_lr
 
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["Trainer", "TrainResult", "evaluate"]
+__all__ = ["Trainer", "TrainResult", "evaluate", "compile_available"]
 
 SPLITS = ("train", "val", "test")
 
@@ -154,6 +162,8 @@ class Trainer:
         self.data = self._tensors(ds)
         self.dist = dist if dist is not None else Distributed()
         self.dist.check(self)
+        self._check_data()
+        self._step_impl: _StepImpl | None = None
         self.method.attach(self)
 
     def _tensors(self, ds: Dataset | Mapping) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -178,6 +188,23 @@ class Trainer:
                 x, y = data["train"][0][:0], data["train"][1][:0]
             data[s] = (x, y)
         return data
+
+    def _check_data(self) -> None:
+        """The value checks of the hot path, once per dataset: finite inputs and targets,
+        class labels in range (the steps then run without host synchronizations)."""
+        loss = self.objective.loss
+        outputs = getattr(self.net.readout, "outputs", None)
+        for s, (x, y) in self.data.items():
+            if not len(x):
+                continue
+            check_finite(x, f"{s} inputs")
+            if y.is_floating_point():
+                check_finite(y, f"{s} targets")
+            if loss == "cross_entropy" and outputs is not None and not y.is_floating_point():
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= outputs:
+                    raise PdenetsError(f"{s} labels must lie in [0, {outputs - 1}] for "
+                                       f"{outputs} outputs, got labels in [{lo}, {hi}]")
 
     @property
     def data_name(self) -> str:
@@ -235,10 +262,56 @@ class Trainer:
         """Indices of the training minibatches of one epoch, shuffled with the trainer's
         generator (restored on resume)."""
         n = len(self.data["train"][0])
-        perm = torch.randperm(n, generator=self.generator)
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
         bs = self.cfg.train.batch_size
         for i in range(0, n, bs):
-            yield perm[i:i + bs].to(self.device)
+            yield perm[i:i + bs]
+
+    def batches(self):
+        """The training minibatches of one epoch as ``(inputs, targets)``, augmented as
+        :meth:`augment` would (same generator draws in the same order, so the same numbers),
+        with every random draw made on the host and sent to the device once per epoch — no
+        host-device transfer or synchronization per batch."""
+        x, y = self.data["train"]
+        n = len(x)
+        t = self.cfg.train
+        perm = torch.randperm(n, generator=self.generator)
+        bs = t.batch_size
+        sizes = [min(bs, n - i) for i in range(0, n, bs)]
+        aug = x.dim() == 3 and not (t.augment_rotate == t.augment_shift == t.augment_scale == 0)
+        if not aug:
+            perm = perm.to(self.device)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                yield x[idx], y[idx]
+            return
+        draws = []
+        for B in sizes:  # the draws of random_affine, batch by batch
+
+            def u(B=B):
+                return 2 * torch.rand(B, generator=self.generator, dtype=torch.float64) - 1
+
+            angle = u() * (t.augment_rotate * math.pi / 180)
+            sc = 1 + u() * t.augment_scale
+            sh0, sh1 = u() * t.augment_shift, u() * t.augment_shift
+            draws.append(torch.stack([angle, sc, sh0, sh1], 1))
+        packed = torch.cat([perm.to(torch.float64)[:, None], torch.cat(draws)], 1)
+        packed = packed.to(self.device)
+        for i in range(0, n, bs):
+            p = packed[i:i + bs]
+            idx = p[:, 0].long()
+            yield affine_images(x[idx], p[:, 1], p[:, 2], p[:, 3:5]), y[idx]
+
+    # -- one optimization step ----------------------------------------------------------------
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimization step on the batch (x, y): J, its gradient, gradient clipping,
+        the optimizer's step. Returns J (detached, on the device; no host synchronization).
+
+        Runs eagerly, compiled (``train.compile``) or as a replayed CUDA graph
+        (``train.cuda_graphs``); see :mod:`pdenets.training.fast`."""
+        if self._step_impl is None or self._step_impl.optimizer is not self.optimizer:
+            self._step_impl = make_step(self)
+        return self._step_impl(x, y)
 
     def epoch_record(self) -> dict:
         """Extra fields for this epoch's history record (the method's counters)."""
@@ -290,8 +363,7 @@ class Trainer:
         stopped = self.stopped
         try:
             while not stopped and self.epoch < stop_at:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(cfg, self.epoch)
+                set_lr(self.optimizer, cfg, self.epoch)
                 t0 = time.perf_counter()
                 self.net.train()
                 train_obj = self.train_epoch()
@@ -376,3 +448,231 @@ class Trainer:
         }
         metrics.update(self.method.result_metrics(self))
         return TrainResult(self.net, self.history, metrics, self.best["epoch"], stopped)
+
+
+# ------------------------------------------------------------------------------------------
+# the optimization step: eager, compiled, CUDA-graph replay (issue 13)
+
+_COMPILE_WARNED: set[str] = set()
+
+
+def _note(msg: str) -> None:
+    """One line on stderr, once per distinct message."""
+    if msg not in _COMPILE_WARNED:
+        _COMPILE_WARNED.add(msg)
+        print(f"pdenets: {msg}", file=sys.stderr)
+
+
+def compile_available(device: torch.device | str = "cpu") -> tuple[bool, str]:
+    """Whether ``torch.compile`` (inductor) can run here, and why not."""
+    import shutil
+
+    if not hasattr(torch, "compile"):
+        return False, "this PyTorch has no torch.compile"
+    if sys.version_info >= (3, 14):
+        return False, "torch.compile does not support this Python"
+    if torch.device(device).type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+            if c):
+        return False, "no C++ compiler for inductor's CPU code"
+    return True, ""
+
+
+def compile_enabled(cfg: Config) -> bool:
+    """Resolve ``train.compile`` ("auto" | "on" | "off") for this run.
+
+    "auto" compiles where it pays for time to accuracy: on CUDA (the eager step is
+    launch-bound; ``benchmarks/device_check.sh`` measures it), not on a CPU. Measured on a
+    2-core CPU (default digits configuration, 1 thread): compiling the step took minutes
+    (about 210 s on a loaded machine), and a compiled epoch took 0.18 s like an eager one —
+    the compile time alone exceeds the whole eager training run, so it never pays there."""
+    mode = getattr(cfg.train, "compile", "off")
+    if mode == "off":
+        return False
+    ok, why = compile_available(cfg.device)
+    if mode == "auto":
+        return ok and torch.device(cfg.device).type == "cuda"
+    if not ok:
+        _note(f"train.compile = 'on' but {why}; training eagerly")
+    return ok
+
+
+class _Step:
+    """The eager step: zero the gradients, J and its gradient, clip, optimizer step."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.optimizer = trainer.optimizer
+        self.clip = trainer.cfg.train.clip_norm
+        self.loss = trainer.loss
+
+    def run(self, loss, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        J = loss(x, y)
+        J.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainer.params, self.clip)
+        opt.step()
+        return J.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.run(self.loss, x, y)
+
+
+class _DistributedStep(_Step):
+    """The eager step under data parallelism (:mod:`pdenets.training.distributed`): this
+    rank's share of J on the global batch, its gradient and value summed over the ranks, then
+    clipping and the optimizer's step — the same update on every rank."""
+
+    def run(self, loss, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tr, opt = self.trainer, self.optimizer
+        opt.zero_grad(set_to_none=True)
+        J = tr.dist.loss(tr, x, y)
+        J.backward()
+        J = tr.dist.reduce_gradients(tr.params, J.detach())
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(tr.params, self.clip)
+        opt.step()
+        return J
+
+
+class _CompiledStep(_Step):
+    """The step with J (forward solve, readout, loss, regularization) and its backward pass
+    compiled by ``torch.compile`` (inductor; the backward by AOTAutograd). Any failure of the
+    compiler falls back to the eager step with one message on stderr."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer)
+        tr = trainer
+        net, objective, disc, adjoint = tr.net, tr.objective, tr.disc, tr.adjoint
+
+        def loss(x, y):
+            return objective(net, x, y, disc, adjoint)
+
+        self.compiled = torch.compile(loss, dynamic=False)
+        self.failed = False
+
+    def __call__(self, x, y):
+        if not self.failed:
+            try:
+                return self.run(self.compiled, x, y)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: train eagerly
+                if isinstance(e, PdenetsError):
+                    raise
+                self.failed = True
+                _note(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                      f"); training eagerly")
+        return self.run(self.loss, x, y)
+
+
+class _GraphStep(_Step):
+    """The step captured once as a CUDA graph and replayed (``train.cuda_graphs``).
+
+    Static input buffers of the full batch size are captured; a batch of another size (the
+    last one of an epoch) runs the eager step on the same parameters and optimizer state. The
+    warm-up steps that capture needs are undone (parameters and optimizer state restored in
+    place), so training follows the eager trajectory. The optimizer runs with
+    ``capturable=True``; its learning rates live in device tensors updated before a replay
+    when the schedule changed them.
+    """
+
+    def __init__(self, trainer: Trainer, inner: _Step) -> None:
+        super().__init__(trainer)
+        self.inner = inner
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.shape: tuple | None = None
+        for g in self.optimizer.param_groups:
+            if "capturable" in g:
+                g["capturable"] = True
+        dev = trainer.device
+        for st in self.optimizer.state.values():
+            if torch.is_tensor(st.get("step")) and st["step"].device != dev:
+                st["step"] = st["step"].to(device=dev, dtype=torch.float32)
+
+    def _loss(self):
+        inner = self.inner
+        if isinstance(inner, _CompiledStep) and not inner.failed:
+            return inner.compiled
+        return self.loss
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        opt = self.optimizer
+        params = [p for g in opt.param_groups for p in g["params"]]
+        saved_p = [p.detach().clone() for p in params]
+        saved_state = {id(t): t.detach().clone() for st in opt.state.values()
+                       for t in st.values() if torch.is_tensor(t)}
+        self.sx, self.sy = x.clone(), y.clone()
+        dev = x.device
+        floats = [float(g["lr"]) for g in opt.param_groups]
+        self.lr_t = [torch.tensor(v, dtype=torch.float32, device=dev) for v in floats]
+        self.lr_now = list(floats)
+        loss = self._loss()
+        for g, t in zip(opt.param_groups, self.lr_t):
+            g["lr"] = t
+        try:
+            side = torch.cuda.Stream(device=dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.run(loss, self.sx, self.sy)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            with torch.no_grad():  # undo the warm-up steps, in place
+                for p, v in zip(params, saved_p):
+                    p.copy_(v)
+                for st in opt.state.values():
+                    for t in st.values():
+                        if torch.is_tensor(t):
+                            old = saved_state.get(id(t))
+                            t.copy_(old) if old is not None else t.zero_()
+            opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                J = loss(self.sx, self.sy)
+                J.backward()
+                if self.clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.trainer.params, self.clip)
+                opt.step()
+            self.sJ = J.detach()
+            self.graph = graph
+        finally:
+            for g, v in zip(opt.param_groups, floats):
+                g["lr"] = v
+
+    def __call__(self, x, y):
+        if self.shape is None:
+            if len(x) != self.trainer.cfg.train.batch_size:
+                return self.run(self.loss, x, y)
+            self.shape = (tuple(x.shape), tuple(y.shape))
+            self._capture(x, y)
+        if (tuple(x.shape), tuple(y.shape)) != self.shape:
+            return self.run(self.loss, x, y)
+        assert self.graph is not None
+        for i, g in enumerate(self.optimizer.param_groups):
+            v = float(g["lr"])
+            if v != self.lr_now[i]:
+                self.lr_t[i].fill_(v)
+                self.lr_now[i] = v
+        self.sx.copy_(x)
+        self.sy.copy_(y)
+        self.graph.replay()
+        return self.sJ.clone()
+
+
+def make_step(trainer: Trainer) -> _Step:
+    """The step of ``trainer`` as ``train.compile`` and ``train.cuda_graphs`` select it."""
+    cfg = trainer.cfg
+    if trainer.dist.world > 1:
+        return _DistributedStep(trainer)  # eager: one all-reduce per step between the ranks
+    step: _Step = _CompiledStep(trainer) if compile_enabled(cfg) else _Step(trainer)
+    if getattr(cfg.train, "cuda_graphs", False):
+        if trainer.device.type != "cuda":
+            _note("train.cuda_graphs needs a CUDA device; training without graph capture")
+        elif trainer.net.discretization.solver.adaptive or trainer.disc.solver.adaptive:
+            _note("train.cuda_graphs needs a fixed-step solver; training without graph capture")
+        else:
+            step = _GraphStep(trainer, step)
+    return step
+
+
+_StepImpl = _Step
