@@ -576,12 +576,16 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
 def _probe_cost(net: ContinuumNetwork) -> int:
     """Multiply-adds of :func:`_probe` at most (dopri5: ``PROBE_DOPRI5_STEPS`` attempts)."""
     disc, ctrl = net.discretization, net.controls
-    assert isinstance(ctrl, GridControls)
     N = math.prod(disc.width.sizes)
-    K, nc = ctrl.n_knots, ctrl.n_control
     name = disc.solver.name
     steps = PROBE_DOPRI5_STEPS if name == "dopri5" else disc.steps
-    cost = K * (N * nc * nc + N * N * nc) + 2 * steps * STAGES[name] * (N * N + STAGE_OVERHEAD)
+    if isinstance(ctrl, GridControls):
+        K, nc = ctrl.n_knots, ctrl.n_control
+        cost = K * (N * nc * nc + N * N * nc)
+    else:  # structured kernels (MODEL.md §10): at most a dense (C·N)² operator per knot
+        N *= int(getattr(ctrl, "channels", 1))
+        cost = int(getattr(ctrl, "n_knots", 1)) * N * N
+    cost += 2 * steps * STAGES[name] * (N * N + STAGE_OVERHEAD)
     if isinstance(net.lifting, LearnableLifting):
         cost += math.prod(net.lifting.phi.shape) * N
     if isinstance(net.readout, LinearReadout):
@@ -610,6 +614,9 @@ def _probe(net: ContinuumNetwork) -> None:
         solver.max_steps = min(solver.max_steps, PROBE_DOPRI5_STEPS)
     dtype = next(net.parameters()).dtype
     shape = tuple(net.lifting.shape)
+    in_channels = int(getattr(net.lifting, "in_channels", 1))
+    if in_channels > 1:  # multi-channel inputs (MODEL.md §10)
+        shape = (in_channels, *shape)
     xi = torch.stack([torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)])
     try:
         with torch.no_grad():
