@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("dense", "conv", "lowrank", "conv+lowrank")
-CONV_METHODS = ("auto", "direct", "fft", "dense")
+CONV_METHODS = ("auto", "matrix", "direct", "fft", "dense")
+
+#: a convolution with C·N ≤ MATRIX_MAX is materialized as a dense matrix (on a CPU, dense matrix
+#: products beat convolution routines with weight gradients at these sizes by 1.1-20×: see
+#: benchmarks/bench_kernels.py)
+MATRIX_MAX = 1024
 
 #: relative FFT cost per point and log₂ of the transform length (calibrated on a CPU, see
 #: benchmarks/bench_kernels.py); only the ratio to the direct cost matters

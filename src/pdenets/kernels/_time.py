@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -119,14 +120,25 @@ def _breaks(lo: float, hi: float, k: int, basis: str, extra=()) -> np.ndarray:
     return np.unique(np.concatenate([np.linspace(lo, hi, n + 1), np.asarray(extra, float)]))
 
 
-def _gram_1d(lo, hi, k, basis, weight, d1=False, d2=False, extra=()) -> np.ndarray:
+#: weights of the 1-D Gram integrals: a(z) = 1 − |z| (the measure of {x: x, x − z ∈ [0, 1]})
+#: and 1
+WEIGHTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tent": lambda z: 1.0 - np.abs(z), "one": lambda z: np.ones_like(z)}
+
+
+@functools.lru_cache(maxsize=256)
+def _gram_1d(lo: float, hi: float, k: int, basis: str, weight: str, d1: bool = False,
+             d2: bool = False, extra: tuple[float, ...] = ()) -> np.ndarray:
+    """∫ φ_p^{(d1)} φ_q^{(d2)} weight over [lo, hi] (cached: it depends on the grid only)."""
+    wfn = WEIGHTS[weight]
     br = _breaks(lo, hi, k, basis, extra)
     G = np.zeros((k, k))
     for p in range(k):
         for q in range(k):
             G[p, q] = _interval_gram(
                 br, lambda z, p=p: _basis_1d(z, lo, hi, k, basis, d1)[:, p],
-                lambda z, q=q: _basis_1d(z, lo, hi, k, basis, d2)[:, q], weight)
+                lambda z, q=q: _basis_1d(z, lo, hi, k, basis, d2)[:, q], wfn)
+    G.flags.writeable = False
     return G
 
 

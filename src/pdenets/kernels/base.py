@@ -94,6 +94,15 @@ class Kernel(nn.Module):
         <pdenets.controls.GridControls.prolong>`)."""
         raise NotImplementedError
 
+    def lr_scales(self) -> dict[str, float]:
+        """How each parameter scales with the control grid, for the learning rate in
+        discrete-network units (:meth:`Trainer.param_groups
+        <pdenets.training.Trainer.param_groups>`): ``{parameter name: s}``, Adam's rate being
+        ``lr · s`` (SGD's ``lr · s²``). A function integrated against the quadrature weights
+        enters the discrete network as (cell volume) × value, so it gets s = 1 / (cell
+        volume) — Nc for a kernel on Nc control cells."""
+        raise NotImplementedError
+
     def config(self) -> dict:
         raise NotImplementedError
 

@@ -178,6 +178,11 @@ class KernelControls(Controls):
             b = k.time.prolong(self.b.detach(), intervals) @ Ps.T
         return KernelControls(newk, size, b, self.space_basis)
 
+    def lr_scales(self) -> dict[str, float]:
+        """``{parameter name: s}`` (see :meth:`Kernel.lr_scales`): the kernel's; the bias,
+        not integrated, has s = 1."""
+        return {f"kernel.{n}": s for n, s in self.kernel.lr_scales().items()}
+
     def config(self) -> dict:
         return {"kind": "kernel", "size": list(self.size), "intervals": self.intervals,
                 "time_basis": self.time_basis, "space_basis": self.space_basis,

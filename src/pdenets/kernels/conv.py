@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import _basis
@@ -13,7 +13,7 @@ from .._basis import SPACE_BASES
 from .._checks import check_choice
 from ..errors import PdenetsError
 from ..quadrature import Grid
-from ._ops import CONV_METHODS, ConvOp, DenseOp
+from ._ops import CONV_METHODS, MATRIX_MAX, ConvOp, DenseOp, _conv_plan
 from ._time import _gram_1d, _kron, _Time
 from .base import Kernel, _blocks, _check_channels, _init_param
 
@@ -35,8 +35,9 @@ class ConvKernel(Kernel):
         Knot values ``(K, C, C, Mk)`` with Mk = prod(size); zeros if omitted.
     space_basis : {"linear", "constant"}
         Basis of k on the displacement grid.
-    method : {"auto", "direct", "fft", "dense"}
-        Evaluation on uniform grids: by the cost model (``auto``), or forced.
+    method : {"auto", "matrix", "direct", "fft", "dense"}
+        Evaluation on uniform grids: by the cost model (``auto``, see :meth:`plan`), or
+        forced.
     """
 
     kind = "conv"
@@ -64,67 +65,150 @@ class ConvKernel(Kernel):
                                           dtype))
 
     # -- evaluation ----------------------------------------------------------------------
+    def _axis_basis(self, za: torch.Tensor, k: int) -> torch.Tensor:
+        """``(len(za), k)``: the 1-D displacement basis along one axis (float64). On a
+        discontinuity — a cell face of the constant basis, the support edge |z_a| = r — it takes
+        the mean of the one-sided limits (MODEL.md §10)."""
+        r = self.radius
+        s = (za + r) / (2 * r)
+        if self.space_basis == "constant":
+            out = torch.zeros(len(za), k, dtype=torch.float64, device=za.device)
+            rows = torch.arange(len(za), device=za.device)
+            for side in (-1e-9, 1e-9):
+                sh = s + side
+                inside = ((sh >= 0) & (sh <= 1)).to(torch.float64)
+                idx = torch.clamp(torch.floor(sh * k).long(), 0, k - 1)
+                out[rows, idx] += 0.5 * inside
+            return out
+        P = _basis.hat_matrix(torch.clamp(s, 0.0, 1.0)[:, None], (k,))
+        az = za.abs()
+        edge = torch.where(az < r * (1 - 1e-12), 1.0, torch.where(az <= r * (1 + 1e-12), 0.5, 0.0))
+        return P * edge.to(P.dtype)[:, None]
+
     def basis_at(self, z: torch.Tensor) -> torch.Tensor:
         """``(len(z), Mk)``: the displacement basis at displacements z ``(n, d)``, zero
-        outside the support |z_a| ≤ r."""
-        r = self.radius
-        s = (z + r) / (2 * r)
-        if self.space_basis == "constant":
-            # a displacement on a cell face takes the mean of the two cells (the midpoint rule
-            # then integrates a pixel-aligned k against pixel-constant fields exactly)
-            eps = 1e-9 / max(self.size)
-            P = 0.5 * (_basis.basis_matrix(s - eps, self.size, "constant")
-                       + _basis.basis_matrix(s + eps, self.size, "constant")).to(self.k.dtype)
-        else:
-            P = _basis.basis_matrix(s, self.size, self.space_basis).to(self.k.dtype)
-        inside = (z.abs() <= r * (1 + 1e-12)).all(dim=1)
-        return P * inside[:, None].to(P.dtype)
+        outside the support |z_a| ≤ r. On a discontinuity of k (a cell face of the constant
+        basis, the edge of the support) each axis takes the mean of the one-sided limits, so a
+        displacement on a corner of 2-D cells takes the mean of the four cells: the midpoint
+        rule then integrates k against fields constant on the width cells exactly whenever the
+        faces fall on node displacements (the width-refinement invariance of MODEL.md §2)."""
+        z64 = z.to(torch.float64)
+        P = self._axis_basis(z64[:, 0], self.size[0])
+        for a in range(1, self.dim):
+            Pa = self._axis_basis(z64[:, a], self.size[a])
+            P = (P[:, :, None] * Pa[:, None, :]).reshape(P.shape[0], -1)
+        return P.to(dtype=self.k.dtype)
 
     def uniform(self, grid: Grid) -> bool:
         """Whether the grid is a uniform tensor grid (a convolution)."""
         return grid.rule in ("midpoint", "trapezoid") and grid.shape is not None
 
+    def plan(self, grid: Grid) -> str:
+        """How the operator is evaluated on ``grid``: ``"dense"`` (the reference evaluation of
+        k at every pair of nodes: non-uniform rules, or ``method="dense"``), ``"matrix"`` (the
+        convolution materialized as a dense (C·N)² matrix from its stencil — fastest on a CPU
+        for C·N ≤ ``MATRIX_MAX``, where dense matrix products beat convolution routines),
+        ``"direct"`` or ``"fft"`` (by the cost model, or as forced by ``method``)."""
+        if self.method == "dense" or not self.uniform(grid):
+            return "dense"
+        if self.method == "auto" and self.channels * grid.n <= MATRIX_MAX:
+            return "matrix"
+        if self.method == "matrix":
+            return "matrix"
+        return _conv_plan(tuple(grid.shape), self.stencil_half(grid), self.channels,
+                          self.method)
+
     def is_dense_on(self, grid):
-        return self.method == "dense" or not self.uniform(grid)
+        return self.plan(grid) in ("dense", "matrix")
+
+    def _spacing(self, grid: Grid) -> tuple[float, ...]:
+        """Node spacing per axis, exact in float64 (uniform rules)."""
+        out = []
+        for n in grid.shape:  # type: ignore[union-attr]
+            if grid.rule == "midpoint":
+                out.append(1.0 / n)
+            else:
+                out.append(1.0 / (n - 1) if n > 1 else 1.0)
+        return tuple(out)
 
     def stencil_half(self, grid: Grid) -> tuple[int, ...]:
-        out = []
-        for ax in grid.axes:
-            n = len(ax)
-            h = float(ax[1] - ax[0]) if n > 1 else 1.0
-            out.append(min(n - 1, int(math.floor(self.radius / h * (1 + 1e-12)))))
-        return tuple(out)
+        """Stencil half-widths L_a: the displacements l·h_a with |l| ≤ L_a lie in [−r, r]."""
+        return tuple(min(n - 1, int(math.floor(self.radius / h * (1 + 1e-12))))
+                     for n, h in zip(grid.shape, self._spacing(grid)))  # type: ignore[arg-type]
+
+    def _stencil_basis(self, grid: Grid) -> torch.Tensor:
+        """The basis at the stencil's displacements ``(S, Mk)`` (cached on the grid)."""
+        half = self.stencil_half(grid)
+        key = ("conv-stencil", self.radius, self.size, self.space_basis, half,
+               self._spacing(grid), self.k.dtype, self.k.device)
+        P = grid._cache.get(key)
+        if P is None:
+            offs = [torch.arange(-L, L + 1, dtype=torch.float64) * h
+                    for L, h in zip(half, self._spacing(grid))]
+            mesh = torch.meshgrid(*offs, indexing="ij")
+            z = torch.stack([m.reshape(-1) for m in mesh], dim=1)
+            P = self.basis_at(z).to(self.k.device)
+            grid._cache[key] = P
+        return P
 
     def stencil_knots(self, grid: Grid) -> torch.Tensor:
         """k at the grid's displacements: ``(K, C, C, 2L_0+1[, 2L_1+1])``."""
         half = self.stencil_half(grid)
-        offs = []
-        for ax, L in zip(grid.axes, half):
-            d = (ax[:L + 1] - ax[0]).to(self.k.dtype)
-            offs.append(torch.cat([-d.flip(0)[:-1], d]))
-        mesh = torch.meshgrid(*offs, indexing="ij")
-        z = torch.stack([m.reshape(-1) for m in mesh], dim=1)
-        Pz = self.basis_at(z)
-        S = self.k @ Pz.T
+        S = self.k @ self._stencil_basis(grid).T
         return S.reshape(*S.shape[:3], *(2 * L + 1 for L in half))
 
+    def _toeplitz_index(self, grid: Grid) -> torch.Tensor:
+        """``(N·N,)`` index into the flattened stencil (its length for pairs out of reach)."""
+        half = self.stencil_half(grid)
+        key = ("conv-toeplitz", half, tuple(grid.shape), self.k.device)  # type: ignore[arg-type]
+        idx = grid._cache.get(key)
+        if idx is None:
+            flat, ok = None, None
+            for n, L in zip(grid.shape, half):  # type: ignore[arg-type]
+                i = torch.arange(n)
+                d = i[:, None] - i[None, :] + L  # (n, n)
+                inside = (d >= 0) & (d <= 2 * L)
+                if flat is None:
+                    flat, ok = d, inside
+                else:
+                    flat = (flat[:, None, :, None] * (2 * L + 1) + d[None, :, None, :])
+                    ok = ok[:, None, :, None] & inside[None, :, None, :]
+            assert flat is not None and ok is not None
+            N = grid.n
+            size = math.prod(2 * L + 1 for L in half)
+            idx = torch.where(ok, flat, size).reshape(N * N).to(self.k.device)
+            grid._cache[key] = idx
+        return idx
+
+    def matrix_knots(self, grid: Grid) -> torch.Tensor:
+        """The convolution as dense matrices ``(K, C·N, C·N)`` gathered from the stencil."""
+        S = self.stencil_knots(grid)
+        K, C = S.shape[0], S.shape[1]
+        flat = F.pad(S.reshape(K, C, C, -1), (0, 1))  # a zero for pairs out of reach
+        N = grid.n
+        A = flat.index_select(3, self._toeplitz_index(grid)).reshape(K, C, C, N, N)
+        return _blocks(A * grid.weights.to(self.k.dtype))
+
     def dense_knots(self, grid):
-        x = grid.nodes.to(self.k.dtype)
+        x = grid.nodes.to(torch.float64)
         N = x.shape[0]
         z = (x[:, None, :] - x[None, :, :]).reshape(N * N, -1)
         A = (self.k @ self.basis_at(z).T).reshape(*self.k.shape[:3], N, N)
         return _blocks(A * grid.weights.to(self.k.dtype))
 
     def knot_tensors(self, grid):
-        if self.is_dense_on(grid):
+        plan = self.plan(grid)
+        if plan == "dense":
             return (self.dense_knots(grid),)
+        if plan == "matrix":
+            return (self.matrix_knots(grid),)
         return (self.stencil_knots(grid),)
 
     def make_op(self, tensors, grid):
-        if self.is_dense_on(grid):
+        plan = self.plan(grid)
+        if plan in ("dense", "matrix"):
             return DenseOp(tensors[0])
-        return ConvOp(tensors[0], tuple(grid.shape), grid.weights.to(self.k.dtype),
-                      self.method)
+        return ConvOp(tensors[0], tuple(grid.shape), grid.weights.to(self.k.dtype), plan)
 
     # -- norms ---------------------------------------------------------------------------
     def _grams(self, deriv_axis: int | None = None) -> torch.Tensor:
@@ -134,8 +218,7 @@ class ConvKernel(Kernel):
         mats = []
         for a, k in enumerate(self.size):
             d = deriv_axis == a
-            mats.append(_gram_1d(-r, r, k, self.space_basis, lambda z: 1.0 - np.abs(z),
-                                 d, d, extra=(0.0,)))
+            mats.append(_gram_1d(-r, r, k, self.space_basis, "tent", d, d, extra=(0.0,)))
         return torch.as_tensor(_kron(mats), dtype=self.k.dtype, device=self.k.device)
 
     def norms(self, spatial=False):
@@ -162,7 +245,7 @@ class ConvKernel(Kernel):
         # so ‖k_{cc'}‖_{L¹} ≤ Σ_p |k_p| ∫φ_p; the block operator's norm is at most the
         # spectral norm of the C×C matrix of these bounds
         r = self.radius
-        ints = [_gram_1d(-r, r, k, self.space_basis, lambda z: np.ones_like(z)).sum(1)
+        ints = [_gram_1d(-r, r, k, self.space_basis, "one").sum(1)
                 for k in self.size]
         ip = torch.as_tensor(_kron([v[None, :] for v in ints])[0], dtype=self.k.dtype)
         with torch.no_grad():
@@ -181,6 +264,12 @@ class ConvKernel(Kernel):
         return ConvKernel(self.dim, self.radius, size, intervals, self.T, self.time.basis,
                           self.channels, k, self.k.dtype, self.space_basis,
                           self.method).to(self.k.device)
+
+    def lr_scales(self):
+        # k(x − y) integrated over y on displacement cells of volume Π Δ_a: s = 1 / Π Δ_a
+        # (= Nc for a displacement grid as fine as the control grid)
+        cells = [k if self.space_basis == "constant" else max(k - 1, 1) for k in self.size]
+        return {"k": float(math.prod(c / (2 * self.radius) for c in cells))}
 
     def config(self):
         return {"kind": "conv", "radius": self.radius, "size": list(self.size),

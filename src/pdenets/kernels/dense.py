@@ -111,6 +111,10 @@ class DenseKernel(Kernel):
         return DenseKernel(self.dim, size, intervals, self.T, self.time.basis, self.channels,
                            W, self.w.dtype, self.space_basis).to(self.w.device)
 
+    def lr_scales(self):
+        # w(x, y) integrated over y: s = Nc, as GridControls (Trainer.param_groups)
+        return {"w": float(math.prod(self.size))}
+
     def config(self):
         return {"kind": "dense", "size": list(self.size), "space_basis": self.space_basis}
 

@@ -140,6 +140,12 @@ class LowRankKernel(Kernel):
                              self.channels, g, h, self.g.dtype,
                              self.space_basis).to(self.g.device)
 
+    def lr_scales(self):
+        # W_ij = ω_j g(x_i) h(x_j): the balanced factorization U = √ω g, V = √ω h of a low-rank
+        # layer U Vᵀ gives both factors s = √Nc
+        s = float(math.prod(self.size)) ** 0.5
+        return {"g": s, "h": s}
+
     def config(self):
         return {"kind": "lowrank", "rank": self.rank, "size": list(self.size),
                 "space_basis": self.space_basis}

@@ -66,5 +66,9 @@ class SumKernel(Kernel):
         return SumKernel([p.prolong(size if not isinstance(p, ConvKernel) else None, intervals)
                           for p in self.parts])
 
+    def lr_scales(self):
+        return {f"parts.{i}.{n}": s for i, p in enumerate(self.parts)
+                for n, s in p.lr_scales().items()}
+
     def config(self):
         return {"kind": "sum", "parts": [p.config() for p in self.parts]}
