@@ -176,3 +176,47 @@ def test_make_kernel_default_conv_grid_is_aligned():
     k = make_kernel("conv", 2, size=8, intervals=2, radius=0.25, space_basis="constant")
     assert isinstance(k, ConvKernel)
     assert 2 * k.radius / k.size[0] == pytest.approx(1 / 8)
+
+
+def test_lattice_kernel_keeps_pixel_constant_states_at_every_width():
+    """A lattice conv kernel on the pixel grid: the network's outputs are the same at widths
+    8, 16, 24 (the state stays constant on pixels; same steps), and equal the convolution of k
+    on the pixel grid itself."""
+    from pdenets import ContinuumNetwork
+    from pdenets.network import Discretization
+
+    net = ContinuumNetwork.create((8, 8), 3, kernel="conv", channels=2, space_basis="constant",
+                                  kernel_radius=0.25, init_scale=1.0, seed=2, intervals=2)
+    kern = net.controls.kernel
+    assert kern.lattice and kern.lattice_shape == (8, 8)
+    x = torch.rand(4, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
+    outs = []
+    with torch.no_grad():
+        for n in (8, 16, 24):
+            disc = Discretization.make("midpoint", (n, n), 2, "rk4", 6)
+            outs.append(net(x, disc))
+        grid = Midpoint((8, 8), dim=2).grid(F64)
+        assert kern.plan(grid) == "matrix"
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-12, rtol=0)
+
+
+def test_lattice_kernel_norm_is_exact():
+    """∫∫ w² of the lattice kernel, against a midpoint sum on a grid refining the lattice (exact:
+    w is constant on pairs of lattice cells)."""
+    k = _random(ConvKernel(2, 0.25, 4, 1, time_basis="constant", channels=2,
+                           space_basis="constant", lattice=True), 4)
+    grid = Midpoint((16, 16), dim=2).grid(F64)
+    A = k.dense_matrix(grid, 0.5).detach() / grid.weights.repeat(2)[None, :]
+    wts = grid.weights.repeat(2)
+    brute = float((A**2 * wts[:, None] * wts[None, :]).sum())
+    assert abs(float(k.norms()[0].detach()) - brute) < 1e-10 * brute
+
+
+def test_lattice_needs_cells_tiling_the_domain():
+    from pdenets.errors import PdenetsError
+
+    with pytest.raises(PdenetsError, match="lattice"):
+        ConvKernel(1, 0.3, 4, 1, space_basis="constant", lattice=True)
+    with pytest.raises(PdenetsError, match="lattice"):
+        ConvKernel(1, 0.25, 5, 1, lattice=True)

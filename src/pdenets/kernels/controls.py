@@ -203,7 +203,8 @@ def kernel_from_config(cfg: dict, dim: int, intervals: int, T: float, time_basis
     if kind == "dense":
         return DenseKernel(dim, tuple(cfg["size"]), **common)
     if kind == "conv":
-        return ConvKernel(dim, cfg["radius"], tuple(cfg["size"]), **common)
+        return ConvKernel(dim, cfg["radius"], tuple(cfg["size"]), **common,
+                          lattice=cfg.get("lattice", False) is True)
     if kind == "lowrank":
         return LowRankKernel(dim, tuple(cfg["size"]), cfg["rank"], **common)
     if kind == "sum":
@@ -219,14 +220,16 @@ def make_kernel(kind: str, dim: int, *, size, intervals: int, T: float = 1.0,
                 time_basis: str = "linear", channels: int = 1, radius: float = 0.25,
                 kernel_size=None, rank: int = 4, space_basis: str = "linear",
                 dtype=torch.float64, init_scale: float = 0.0,
-                generator: torch.Generator | None = None) -> Kernel:
+                generator: torch.Generator | None = None, lattice: bool | None = None) -> Kernel:
     """A kernel of family ``kind`` (``dense``, ``conv``, ``lowrank``, ``conv+lowrank``).
 
     ``size`` is the control grid of dense and low-rank kernels, ``kernel_size`` the
     displacement grid of a conv kernel (default: about one vertex per control cell of the
-    support, odd so z = 0 is a vertex). With ``init_scale > 0`` the values are drawn at random so
-    that the operator norm is about ``init_scale`` at every width (as the dense initialisation
-    of :meth:`ContinuumNetwork.create <pdenets.network.ContinuumNetwork.create>`)."""
+    support, odd so z = 0 is a vertex). ``lattice`` (default: automatic, for the constant
+    basis on displacement cells tiling [0, 1]): see :class:`ConvKernel`. With
+    ``init_scale > 0`` the values are drawn at random so that the operator norm is about
+    ``init_scale`` at every width (as the dense initialisation of
+    :meth:`ContinuumNetwork.create <pdenets.network.ContinuumNetwork.create>`)."""
     check_choice(kind, KERNELS, "kernel")
     C = _check_channels(channels)
     sz = _basis.check_size(size, dim, space_basis, "controls")
@@ -240,8 +243,13 @@ def make_kernel(kind: str, dim: int, *, size, intervals: int, T: float = 1.0,
             kernel_size = max(3, 2 * int(math.ceil(float(radius) * n)) + 1)
             if space_basis == "constant":
                 kernel_size -= 1
+        if lattice is None:  # automatic: the constant basis on cells that tile [0, 1]
+            ks = _basis.check_size(kernel_size, dim, space_basis, "conv kernel")
+            lattice = space_basis == "constant" and all(
+                abs(k / (2 * float(radius)) - round(k / (2 * float(radius)))) < 1e-9
+                for k in ks)
         parts.append(ConvKernel(dim, radius, kernel_size, intervals, T, time_basis, C,
-                                dtype=dtype, space_basis=space_basis))
+                                dtype=dtype, space_basis=space_basis, lattice=lattice))
     if "lowrank" in kind:
         parts.append(LowRankKernel(dim, sz, rank, intervals, T, time_basis, C, dtype=dtype,
                                    space_basis=space_basis))

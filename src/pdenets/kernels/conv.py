@@ -38,13 +38,25 @@ class ConvKernel(Kernel):
     method : {"auto", "matrix", "direct", "fft", "dense"}
         Evaluation on uniform grids: by the cost model (``auto``, see :meth:`plan`), or
         forced.
+    lattice : bool
+        Only for the constant basis with cells of side Δ_a = 2r/size_a tiling [0, 1]
+        (1/Δ_a an integer): the kernel acts on the *lattice* of these cells,
+        w(x, y) = k̄(ℓ(x) − ℓ(y)) with ℓ(x) the centre of the lattice cell holding x and k̄ the
+        mean of the one-sided limits of k at lattice displacements — the L²-projection of
+        k(x − y) onto functions constant on pairs of lattice cells **(choice)**. States
+        constant on the lattice cells (a pixel image lifted piecewise constantly) then stay
+        so, and the network is the same at every width refining the lattice (exactly, as a
+        dense kernel in the constant basis); on the lattice itself it is the convolution
+        of k. Without it, the midpoint rule at the pixel grid is exact only for the first
+        application of k and a trained model loses accuracy under width refinement.
     """
 
     kind = "conv"
 
     def __init__(self, dim: int, radius: float, size, intervals: int, T: float = 1.0,
                  time_basis: str = "linear", channels: int = 1, k=None, dtype=torch.float64,
-                 space_basis: str = "linear", method: str = "auto") -> None:
+                 space_basis: str = "linear", method: str = "auto",
+                 lattice: bool = False) -> None:
         super().__init__()
         if dim not in (1, 2):
             raise PdenetsError(f"kernel: dimension must be 1 or 2, got {dim!r}")
@@ -60,6 +72,15 @@ class ConvKernel(Kernel):
         self.size = _basis.check_size(size, dim, self.space_basis, "conv kernel")
         self.method = check_choice(method, CONV_METHODS, "convolution method")
         self.time = _Time(intervals, T, time_basis)
+        self.lattice = bool(lattice)
+        if self.lattice:
+            cells = [k / (2 * r) for k in self.size]
+            if self.space_basis != "constant" or any(abs(c - round(c)) > 1e-9 for c in cells):
+                raise PdenetsError(
+                    "conv kernel: lattice=True needs the constant space basis with cells "
+                    f"tiling [0, 1] (size / (2·radius) an integer), got size {self.size} and "
+                    f"radius {r}")
+            self.lattice_shape = tuple(int(round(c)) for c in cells)
         C = self.channels
         self.k = nn.Parameter(_init_param(k, (self.n_knots, C, C, math.prod(self.size)), "k",
                                           dtype))
@@ -111,6 +132,9 @@ class ConvKernel(Kernel):
         ``"direct"`` or ``"fft"`` (by the cost model, or as forced by ``method``)."""
         if self.method == "dense" or not self.uniform(grid):
             return "dense"
+        if self.lattice and (grid.rule != "midpoint"
+                             or tuple(grid.shape) != self.lattice_shape):  # type: ignore[arg-type]
+            return "dense"  # the lattice kernel at another width: k̄ at lattice displacements
         if self.method == "auto" and self.channels * grid.n <= MATRIX_MAX:
             return "matrix"
         if self.method == "matrix":
@@ -189,8 +213,17 @@ class ConvKernel(Kernel):
         A = flat.index_select(3, self._toeplitz_index(grid)).reshape(K, C, C, N, N)
         return _blocks(A * grid.weights.to(self.k.dtype))
 
-    def dense_knots(self, grid):
+    def positions(self, grid: Grid) -> torch.Tensor:
+        """Where the kernel sees the nodes ``(N, d)`` (float64): the nodes, or with ``lattice``
+        the centres of their lattice cells."""
         x = grid.nodes.to(torch.float64)
+        if not self.lattice:
+            return x
+        n = torch.tensor(self.lattice_shape, dtype=torch.float64, device=x.device)
+        return (torch.minimum(torch.floor(x * n), n - 1) + 0.5) / n
+
+    def dense_knots(self, grid):
+        x = self.positions(grid)
         N = x.shape[0]
         z = (x[:, None, :] - x[None, :, :]).reshape(N * N, -1)
         A = (self.k @ self.basis_at(z).T).reshape(*self.k.shape[:3], N, N)
@@ -221,6 +254,21 @@ class ConvKernel(Kernel):
             mats.append(_gram_1d(-r, r, k, self.space_basis, "tent", d, d, extra=(0.0,)))
         return torch.as_tensor(_kron(mats), dtype=self.k.dtype, device=self.k.device)
 
+    def _lattice_gram(self) -> torch.Tensor:
+        """∫∫ w² = Σ_m (#cell pairs at lattice displacement m) Δ^{2d} k̄_m², k̄ = P k: the Gram
+        matrix Pᵀ diag(count · Δ^{2d}) P of the lattice kernel."""
+        offs = [torch.arange(-(n - 1), n, dtype=torch.float64) / n for n in self.lattice_shape]
+        mesh = torch.meshgrid(*offs, indexing="ij")
+        z = torch.stack([m.reshape(-1) for m in mesh], dim=1)
+        count = torch.ones(len(z), dtype=torch.float64)
+        vol = 1.0
+        for a, n in enumerate(self.lattice_shape):
+            count = count * (n - (z[:, a] * n).round().abs())
+            vol /= n
+        P = self.basis_at(z).to(torch.float64)
+        G = P.T @ (P * (count * vol * vol)[:, None])
+        return G.to(dtype=self.k.dtype, device=self.k.device)
+
     def norms(self, spatial=False):
         Kp = self.k
         dev = Kp.device
@@ -228,7 +276,7 @@ class ConvKernel(Kernel):
         def form(G):
             return lambda i, j: ((Kp[i] @ G) * Kp[j]).sum((-3, -2, -1))
 
-        G = self._grams()
+        G = self._lattice_gram() if self.lattice else self._grams()
         out = [self.time.integral(form(G), self.n_knots, dev),
                self.time.jump_sum(form(G), self.n_knots, dev).to(Kp.dtype)]
         if spatial:
@@ -257,13 +305,16 @@ class ConvKernel(Kernel):
         size = self.size if size is None else _basis.check_size(size, self.dim,
                                                                  self.space_basis, "prolong")
         intervals = self.time.intervals if intervals is None else int(intervals)
+        if self.lattice and size != self.size:
+            raise PdenetsError("conv kernel: a lattice kernel keeps its displacement grid (its "
+                               "lattice); refine the depth intervals only")
         Ps = _basis.basis_prolong(self.size, size, self.space_basis,
                                   self.k.dtype).to(self.k.device)
         with torch.no_grad():
             k = self.time.prolong(self.k.detach(), intervals) @ Ps.T
         return ConvKernel(self.dim, self.radius, size, intervals, self.T, self.time.basis,
                           self.channels, k, self.k.dtype, self.space_basis,
-                          self.method).to(self.k.device)
+                          self.method, self.lattice).to(self.k.device)
 
     def lr_scales(self):
         # k(x − y) integrated over y on displacement cells of volume Π Δ_a: s = 1 / Π Δ_a
@@ -272,8 +323,11 @@ class ConvKernel(Kernel):
         return {"k": float(math.prod(c / (2 * self.radius) for c in cells))}
 
     def config(self):
-        return {"kind": "conv", "radius": self.radius, "size": list(self.size),
+        out = {"kind": "conv", "radius": self.radius, "size": list(self.size),
                 "space_basis": self.space_basis}
+        if self.lattice:
+            out["lattice"] = True
+        return out
 
     def extra_repr(self):
         return (f"dim={self.dim}, radius={self.radius}, size={self.size}, "
