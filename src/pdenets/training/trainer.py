@@ -227,7 +227,7 @@ class Trainer:
         :func:`~pdenets.data.random_affine`) drawn from the trainer's generator, so resumed
         runs see the same ones. Feature vectors are returned unchanged."""
         t = self.cfg.train
-        if x.dim() != 3:
+        if x.dim() != 3 or getattr(self.ds, "channels", 1) > 1:  # (B, C_in, L): no image
             return x
         return random_affine(x, self.generator, rotate=t.augment_rotate,
                              shift=t.augment_shift, scale=t.augment_scale)
