@@ -243,11 +243,10 @@ def make_kernel(kind: str, dim: int, *, size, intervals: int, T: float = 1.0,
             kernel_size = max(3, 2 * int(math.ceil(float(radius) * n)) + 1)
             if space_basis == "constant":
                 kernel_size -= 1
-        if lattice is None:  # automatic: the constant basis on cells that tile [0, 1]
+        if lattice is None:  # automatic: constant basis, displacement cells = control cells
             ks = _basis.check_size(kernel_size, dim, space_basis, "conv kernel")
             lattice = space_basis == "constant" and all(
-                abs(k / (2 * float(radius)) - round(k / (2 * float(radius)))) < 1e-9
-                for k in ks)
+                abs(k / (2 * float(radius)) - n) < 1e-9 for k, n in zip(ks, sz))
         parts.append(ConvKernel(dim, radius, kernel_size, intervals, T, time_basis, C,
                                 dtype=dtype, space_basis=space_basis, lattice=lattice))
     if "lowrank" in kind:
