@@ -70,7 +70,7 @@ def big_model(batches: int = 3) -> dict:
         opt.step()
         times.append(time.perf_counter() - t0)
     plan = net.controls.kernel.plan(net.grid(disc.width))
-    return {"seconds_per_batch": min(times[1:]), "plan": plan, "loss": float(loss)}
+    return {"seconds_per_batch": min(times[1:]), "plan": plan, "loss": float(loss.detach())}
 
 
 def main() -> None:
