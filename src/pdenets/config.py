@@ -34,6 +34,7 @@ class DataConfig:
     val_fraction: float = 0.1
     n_samples: int = 1000
     standardize: bool = True
+    length: int = 40  # of the synthetic ``signals`` (40 to 4096)
 
 
 @dataclass

@@ -11,9 +11,17 @@ name                    inputs                d (Ω)       task
 ``iris``                4 features            1           3 classes
 ``spirals``             2 features            1           2 classes (two spirals)
 ``moons``, ``circles``  2 features            1           2 classes
+``signals``             1-D signals, length   1           5 classes (:func:`signals`)
+                        ``data.length``
+``shapes``              32×32, 3 channels     2           4 classes (:func:`shapes`)
 file ``*.npz``          arrays ``x``, ``y``   by x.ndim   classes (int y) or regression
 file ``*.csv``          last column = label   1           classes (int y) or regression
 ======================  ====================  ==========  =============================
+
+Multi-channel inputs (MODEL.md §10): an ``.npz`` whose ``x`` has shape ``(n, C_in, p, q)``
+(4-D: images with channels), or ``(n, C_in, L)`` together with an integer scalar array
+``channels`` = C_in (without it a 3-D ``x`` is ``(n, p, q)`` one-channel images);
+:attr:`Dataset.channels` is C_in and :attr:`Dataset.input_shape` the spatial shape.
 
 Splits are fixed and seeded: a stratified test split (25 % by default; digits: 25 %,
 stratified, seed 0), then a stratified validation split of the rest. Tabular features are
@@ -33,7 +41,8 @@ import torch
 from ._checks import check_choice
 from .errors import PdenetsError
 
-BUILTIN = ("digits", "breast_cancer", "wine", "iris", "spirals", "moons", "circles")
+BUILTIN = ("digits", "breast_cancer", "wine", "iris", "spirals", "moons", "circles",
+           "signals", "shapes")
 
 
 @dataclass
@@ -67,6 +76,8 @@ class Dataset:
     #: how raw inputs were transformed: {"kind": "scale", "factor": f} or
     #: {"kind": "standardize", "mean": [...], "std": [...]} or {} (see :func:`preprocess`)
     preprocess: dict = field(default_factory=dict)
+    #: number C_in of input channels (inputs ``(n, C_in, *input_shape)`` when > 1)
+    channels: int = 1
 
     @property
     def loss(self) -> str:
@@ -100,8 +111,101 @@ def two_spirals(n: int = 1000, noise: float = 0.05, turns: float = 1.75, seed: i
     return x, y
 
 
-def _raw(name: str, seed: int, n_samples: int):
+SIGNAL_CLASSES = ("bump", "pulse", "chirp", "sawtooth", "doublet")
+
+
+def _template(kind: str, s: np.ndarray) -> np.ndarray:
+    """A template on s ∈ R (support about [−1, 1])."""
+    if kind == "bump":
+        return np.exp(-4.0 * s**2)
+    if kind == "pulse":
+        return (np.abs(s) < 0.6).astype(float)
+    if kind == "chirp":
+        return np.sin(2 * np.pi * (1.0 + 1.5 * (s + 1)) * s) * (np.abs(s) < 1)
+    if kind == "sawtooth":
+        return np.where(np.abs(s) < 1, (s + 1) / 2 - 0.5, 0.0) * 2
+    return np.exp(-16 * (s - 0.45) ** 2) - np.exp(-16 * (s + 0.45) ** 2)
+
+
+def signals(n: int = 1000, length: int = 40, seed: int = 0, noise: float = 0.3,
+            corr_noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded synthetic 1-D signals ``(n, length)`` of 5 template classes (bump, pulse,
+    chirp, sawtooth, doublet), each with a random translation (±25 % of the length), scaling
+    (width ×0.6-1.4, amplitude ×0.7-1.3), shear (a random linear trend), correlated noise
+    (a smoothed random walk of size ``corr_noise``) and iid Gaussian noise ``noise``.
+    Balanced classes; lengths 40 to 4096."""
+    if not (40 <= int(length) <= 4096):
+        raise PdenetsError(f"signals: length must lie in [40, 4096], got {length}")
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(SIGNAL_CLASSES)
+    rng.shuffle(y)
+    x = np.linspace(-1.0, 1.0, int(length))
+    shift = rng.uniform(-0.5, 0.5, n)
+    width = rng.uniform(0.25, 0.55, n) * rng.uniform(0.6, 1.4, n) / 0.4
+    amp = rng.uniform(0.7, 1.3, n)
+    trend = rng.uniform(-0.5, 0.5, n)
+    out = np.empty((n, int(length)))
+    for i in range(n):
+        s = (x - shift[i]) / (0.4 * width[i])
+        out[i] = amp[i] * _template(SIGNAL_CLASSES[y[i]], s) + trend[i] * x
+    walk = np.cumsum(rng.normal(size=(n, int(length))), axis=1)
+    k = max(1, int(length) // 10)
+    walk = np.apply_along_axis(lambda r: np.convolve(r, np.ones(k) / k, "same"), 1, walk)
+    walk -= walk.mean(1, keepdims=True)
+    walk /= walk.std(1, keepdims=True) + 1e-12
+    out += corr_noise * walk + noise * rng.normal(size=out.shape)
+    return out, y
+
+
+SHAPE_CLASSES = ("disc", "square", "triangle", "cross")
+
+
+def shapes(n: int = 1000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded synthetic colour images ``(n, 3, size, size)`` in [0, 1] of 4 shape classes
+    (disc, square, triangle, cross) with random position, size, rotation (triangle, cross)
+    and colour on a random smooth colour background with iid pixel noise. The colour carries
+    no class information: the classes differ by shape only."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % len(SHAPE_CLASSES)
+    rng.shuffle(y)
+    g = (np.arange(size) + 0.5) / size
+    X, Y = np.meshgrid(g, g, indexing="ij")
+    out = np.empty((n, 3, size, size))
+    for i in range(n):
+        cx, cy = rng.uniform(0.3, 0.7, 2)
+        r = rng.uniform(0.14, 0.26)
+        th = rng.uniform(0, 2 * np.pi)
+        u = (X - cx) * np.cos(th) + (Y - cy) * np.sin(th)
+        v = -(X - cx) * np.sin(th) + (Y - cy) * np.cos(th)
+        kind = SHAPE_CLASSES[y[i]]
+        if kind == "disc":
+            m = u**2 + v**2 < r**2
+        elif kind == "square":
+            m = (np.abs(u) < 0.8 * r) & (np.abs(v) < 0.8 * r)
+        elif kind == "triangle":
+            m = (v > -0.5 * r) & (v < r - np.sqrt(3) * np.abs(u))
+        else:
+            m = ((np.abs(u) < 0.3 * r) & (np.abs(v) < r)) | ((np.abs(v) < 0.3 * r)
+                                                             & (np.abs(u) < r))
+        fg = rng.uniform(0, 1, 3)
+        bg0, bg1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        ramp = (X * np.cos(th) + Y * np.sin(th))[None]
+        bg = bg0[:, None, None] * (1 - ramp) + bg1[:, None, None] * ramp
+        bg = 0.5 * bg + 0.25
+        img = np.where(m[None], fg[:, None, None], bg)
+        out[i] = np.clip(img + 0.05 * rng.normal(size=img.shape), 0.0, 1.0)
+    return out, y
+
+
+def _raw(name: str, seed: int, n_samples: int, length: int = 40):
     from sklearn import datasets as skd
+
+    if name == "signals":
+        x, y = signals(n_samples, length, seed)
+        return x, y, False
+    if name == "shapes":
+        x, y = shapes(n_samples, 32, seed)
+        return x, y, True
 
     if name == "digits":
         d = skd.load_digits()
@@ -369,18 +473,39 @@ def _load_file(path: Path):
                            f"(use .npz or .csv)")
     x, y = load_xy(path, "data")
     assert y is not None
-    x, y = validate_arrays(x, y, str(path))
+    channels, spatial = 1, x.ndim - 1
+    if path.suffix == ".npz" and (x.ndim == 4 or "channels" in npz_keys(path)):
+        channels, spatial = _npz_channels(path, x), x.ndim - 2
+        shape = x.shape
+        x, y = validate_arrays(x.reshape(shape[0], -1), y, str(path))
+        x = x.reshape(shape) if channels > 1 else x.reshape(shape[0], *shape[2:])
+    else:
+        x, y = validate_arrays(x, y, str(path))
     if y.ndim == 1 and np.allclose(y, np.round(y)) and len(np.unique(y)) <= max(
             2, len(y) // 5):
         y = np.round(y).astype(np.int64)
         if y.min() < 0:
             raise PdenetsError(f"{path}: class labels must be >= 0")
-    return x, y, x.ndim == 3
+    return x, y, spatial == 2, channels
+
+
+def _npz_channels(path: Path, x: np.ndarray) -> int:
+    """C_in of a multi-channel ``.npz`` (see the module docstring)."""
+    if "channels" in npz_keys(path):
+        c = read_arrays(path, "data", ("channels",))["channels"]
+        if (c.ndim != 0 or c.dtype.kind not in "iu" or x.ndim not in (3, 4)
+                or int(c) != x.shape[1]):
+            raise PdenetsError(f"{path}: 'channels' must be an integer scalar equal to "
+                               f"x.shape[1] of an x of shape (n, C_in, L) or (n, C_in, p, q), "
+                               f"got {c!r} with x of shape {x.shape}")
+    if not 1 <= x.shape[1] <= 64:
+        raise PdenetsError(f"{path}: x has {x.shape[1]} input channels; at most 64")
+    return int(x.shape[1])
 
 
 def load_dataset(
     name: str, *, seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.1,
-    n_samples: int = 1000, standardize: bool = True,
+    n_samples: int = 1000, standardize: bool = True, length: int = 40,
 ) -> Dataset:
     """Load a dataset by name (see module docstring) or from a ``.npz``/``.csv`` file.
 
@@ -396,6 +521,8 @@ def load_dataset(
         Size of synthetic datasets.
     standardize : bool
         Standardize tabular features with training statistics.
+    length : int
+        Length of the ``signals`` (40 to 4096).
     """
     from sklearn.model_selection import train_test_split
 
@@ -403,10 +530,11 @@ def load_dataset(
         raise PdenetsError(f"split fractions must lie in (0, 1): test {test_fraction}, "
                            f"val {val_fraction}")
     if name in BUILTIN:
-        x, y, image = _raw(name, seed, n_samples)
+        x, y, image = _raw(name, seed, n_samples, length)
+        channels = 3 if name == "shapes" else 1
         label = name
     else:
-        x, y, image = _load_file(Path(name))
+        x, y, image, channels = _load_file(Path(name))
         label = Path(name).stem
     classification = np.issubdtype(np.asarray(y).dtype, np.integer)
     strat = y if classification else None
@@ -422,7 +550,7 @@ def load_dataset(
     except ValueError as e:
         raise PdenetsError(f"{label}: cannot split the data: {e}") from None
     pre: dict = {"kind": "scale", "factor": 1 / 16} if name == "digits" else {}
-    if standardize and not image:
+    if standardize and not image and channels == 1:
         mu, sd = x_tr.mean(0), x_tr.std(0)
         sd = np.where(sd > 0, sd, 1.0)
         x_tr, x_va, x_te = ((a - mu) / sd for a in (x_tr, x_va, x_te))
@@ -435,8 +563,9 @@ def load_dataset(
             y_tr, y_va, y_te = (a.reshape(-1, 1) for a in (y_tr, y_va, y_te))
         n_out = y_tr.shape[1]
         task = "regression"
-    return Dataset(label, x_tr, y_tr, x_va, y_va, x_te, y_te, tuple(x.shape[1:]), n_out, task,
-                   pre)
+    shape = tuple(x.shape[2:] if channels > 1 else x.shape[1:])
+    return Dataset(label, x_tr, y_tr, x_va, y_va, x_te, y_te, shape, n_out, task, pre,
+                   channels)
 
 
 def load_dataset_config(cfg) -> Dataset:
@@ -450,7 +579,8 @@ def load_dataset_config(cfg) -> Dataset:
                         test_fraction=float(d.get("test_fraction", 0.25)),
                         val_fraction=float(d.get("val_fraction", 0.1)),
                         n_samples=int(d.get("n_samples", 1000)),
-                        standardize=bool(d.get("standardize", True)))
+                        standardize=bool(d.get("standardize", True)),
+                        length=int(d.get("length", 40)))
 
 
 def preprocess(x: np.ndarray, pre: dict) -> np.ndarray:

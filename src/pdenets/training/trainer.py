@@ -222,19 +222,28 @@ class Trainer:
         therefore ``lr · Nc`` (``power=1``); for SGD, whose gradient in the knot values is also
         Nc times smaller, ``lr · Nc²`` (``power=2``). Biases, d_j and a learnable lifting use
         ``lr``. With this scaling the same ``lr`` works at every control-grid resolution and
-        matches the optimizer on a PyTorch ResNet.
+        matches the optimizer on a PyTorch ResNet. Structured kernels (MODEL.md §10) state the
+        factor of each of their parameters (:meth:`Kernel.lr_scales
+        <pdenets.kernels.Kernel.lr_scales>`: Nc for a dense kernel, 1/(displacement-cell
+        volume) for a convolution, √Nc for both low-rank factors).
         """
+        scales: dict[str, float] = {}
+        ctrl, ro = self.net.controls, self.net.readout
+        if hasattr(ctrl, "lr_scales"):  # structured kernels: each family says (MODEL.md §10)
+            scales.update({f"controls.{n}": s for n, s in ctrl.lr_scales().items()})
+        elif hasattr(ctrl, "size"):
+            scales["controls.w"] = math.prod(ctrl.size)
+        if hasattr(ro, "size"):
+            scales["readout.c"] = math.prod(ro.size)
         scaled: list[tuple[str, torch.nn.Parameter]] = []
         plain: list[tuple[str, torch.nn.Parameter]] = []
         for name, p in self.net.named_parameters():
             if not p.requires_grad:
                 continue
-            (scaled if name in ("controls.w", "readout.c") else plain).append((name, p))
+            (scaled if name in scales else plain).append((name, p))
         groups = []
         for name, p in scaled:
-            owner = self.net.controls if name.startswith("controls") else self.net.readout
-            nc = math.prod(owner.size)
-            groups.append({"params": [p], "lr": lr * nc**power, "name": name})
+            groups.append({"params": [p], "lr": lr * scales[name]**power, "name": name})
         if plain:
             groups.append({"params": [p for _, p in plain], "lr": lr, "name": "other"})
         return groups
@@ -253,7 +262,7 @@ class Trainer:
         :func:`~pdenets.data.random_affine`) drawn from the trainer's generator, so resumed
         runs see the same ones. Feature vectors are returned unchanged."""
         t = self.cfg.train
-        if x.dim() != 3:
+        if x.dim() != 3 or getattr(self.ds, "channels", 1) > 1:  # (B, C_in, L): no image
             return x
         return random_affine(x, self.generator, rotate=t.augment_rotate,
                              shift=t.augment_shift, scale=t.augment_scale)

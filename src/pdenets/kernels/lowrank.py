@@ -1,0 +1,154 @@
+"""Low-rank kernels w_{cc'}(x, y, t) = Σ_r g_{cr}(x, t) h_{c'r}(y, t) (MODEL.md §10)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import _basis
+from .._basis import SPACE_BASES
+from .._checks import check_choice, check_positive
+from ..errors import PdenetsError
+from ..quadrature import Grid
+from ._ops import LowRankOp
+from ._time import _Time
+from .base import Kernel, _check_channels, _init_param
+
+
+class LowRankKernel(Kernel):
+    """Low-rank kernel w_{cc'}(x, y, t) = Σ_{r ≤ R} g_{cr}(x, t) h_{c'r}(y, t) (MODEL.md §10).
+
+    Parameters
+    ----------
+    dim, size, intervals, T, time_basis, channels, dtype, space_basis :
+        As :class:`DenseKernel`; g and h live on the control grid ``size``.
+    rank : int
+        R ≥ 1.
+    g, h : torch.Tensor, optional
+        Knot values ``(K, C, R, Nc)``; zeros if omitted.
+
+    The factors are interpolated in depth, so w(t) = Σ g_r(t) h_r(t) with g, h piecewise
+    linear (or constant) in t; the norms integrate the resulting polynomials exactly.
+    """
+
+    kind = "lowrank"
+
+    def __init__(self, dim: int, size, rank: int, intervals: int, T: float = 1.0,
+                 time_basis: str = "linear", channels: int = 1, g=None, h=None,
+                 dtype=torch.float64, space_basis: str = "linear") -> None:
+        super().__init__()
+        if dim not in (1, 2):
+            raise PdenetsError(f"kernel: dimension must be 1 or 2, got {dim!r}")
+        check_positive(rank, "low-rank kernel: rank", integer=True)
+        self.dim, self.rank, self.channels = dim, int(rank), _check_channels(channels)
+        self.space_basis = check_choice(space_basis, SPACE_BASES, "space basis")
+        self.size = _basis.check_size(size, dim, self.space_basis, "low-rank kernel")
+        self.time = _Time(intervals, T, time_basis)
+        shape = (self.n_knots, self.channels, self.rank, math.prod(self.size))
+        self.g = nn.Parameter(_init_param(g, shape, "g", dtype))
+        self.h = nn.Parameter(_init_param(h, shape, "h", dtype))
+
+    def _nodal(self, V: torch.Tensor, grid: Grid) -> torch.Tensor:
+        P = _basis.basis_matrix(grid.nodes, self.size, self.space_basis).to(V.dtype)
+        X = V @ P.T  # (K, C, R, N)
+        K, C, R, N = X.shape
+        return X.permute(0, 1, 3, 2).reshape(K, C * N, R)
+
+    def knot_tensors(self, grid):
+        Hw = self._nodal(self.h, grid) * self._wide_weights(grid)[:, None]
+        return self._nodal(self.g, grid), Hw
+
+    def make_op(self, tensors, grid):
+        return LowRankOp(tensors[0], tensors[1])
+
+    def dense_knots(self, grid):
+        G, H = self.knot_tensors(grid)
+        return G @ H.transpose(1, 2)
+
+    def dense_matrix(self, grid, t):
+        G, H = self.knot_tensors(grid)
+        return self.time.value(G, t) @ self.time.value(H, t).T
+
+    # -- norms ---------------------------------------------------------------------------
+    def _mass(self, stiff=False):
+        if stiff:
+            return _basis.basis_stiffness(self.size, self.space_basis,
+                                          self.g.dtype).to(self.g.device)
+        return _basis.basis_mass(self.size, self.space_basis, self.g.dtype).to(self.g.device)
+
+    @staticmethod
+    def _inner(G1, H1, G2, H2, Mg, Mh):
+        """⟨Σ g1_r ⊗ h1_r, Σ g2_s ⊗ h2_s⟩ summed over channel pairs (factors ``(C, R, Nc)``)."""
+        GG = torch.einsum("crp,pq,csq->rs", G1, Mg, G2)
+        HH = torch.einsum("crp,pq,csq->rs", H1, Mh, H2)
+        return (GG * HH).sum()
+
+    def _sq(self, G, H, Mg, Mh):
+        return self._inner(G, H, G, H, Mg, Mh)
+
+    def norms(self, spatial=False):
+        M = self._mass()
+        g, h, tm = self.g, self.h, self.time
+        zero = g.new_zeros(())
+        if tm.basis == "constant":
+            sq = tm.delta * sum((self._sq(g[k], h[k], M, M) for k in range(tm.n_knots)), zero)
+            dsq = zero
+            for k in range(tm.n_knots - 1):
+                Gc = torch.cat([g[k + 1], -g[k]], 1)
+                Hc = torch.cat([h[k + 1], h[k]], 1)
+                dsq = dsq + self._sq(Gc, Hc, M, M) / tm.delta
+            out = [sq, dsq]
+            if spatial:
+                S = self._mass(stiff=True)
+                out.append(tm.delta * sum((self._sq(g[k], h[k], S, M) + self._sq(g[k], h[k], M, S)
+                                           for k in range(tm.n_knots)), zero))
+            return tuple(out)
+        sq, dsq, grad = zero, zero, zero
+        S = self._mass(stiff=True) if spatial else None
+        for wq, k, a, b in tm.gauss(3):  # ‖w(t)‖² is a quartic in t on each interval
+            G, H = a * g[k] + b * g[k + 1], a * h[k] + b * h[k + 1]
+            sq = sq + wq * self._sq(G, H, M, M)
+            dG, dH = (g[k + 1] - g[k]) / tm.delta, (h[k + 1] - h[k]) / tm.delta
+            # ∂_t (G Hᵀ) = G' Hᵀ + G H'ᵀ: a rank-2R kernel
+            dsq = dsq + wq * self._sq(torch.cat([dG, G], 1), torch.cat([H, dH], 1), M, M)
+            if S is not None:
+                grad = grad + wq * (self._sq(G, H, S, M) + self._sq(G, H, M, S))
+        return (sq, dsq, grad) if spatial else (sq, dsq)
+
+    def operator_norm_bound(self, t):
+        M = self._mass()
+        with torch.no_grad():
+            G, H = self.time.value(self.g, t), self.time.value(self.h, t)
+            return math.sqrt(max(0.0, float(self._sq(G, H, M, M))))
+
+    def prolong(self, size=None, intervals=None):
+        size = self.size if size is None else _basis.check_size(size, self.dim,
+                                                                 self.space_basis, "prolong")
+        intervals = self.time.intervals if intervals is None else int(intervals)
+        if self.time.basis == "linear" and intervals != self.time.intervals:
+            raise PdenetsError("low-rank kernel: refining the depth intervals of piecewise-"
+                               "linear factors changes the kernel (a product of linear "
+                               "functions); refine the width only")
+        Ps = _basis.basis_prolong(self.size, size, self.space_basis,
+                                  self.g.dtype).to(self.g.device)
+        with torch.no_grad():
+            g = self.time.prolong(self.g.detach(), intervals) @ Ps.T
+            h = self.time.prolong(self.h.detach(), intervals) @ Ps.T
+        return LowRankKernel(self.dim, size, self.rank, intervals, self.T, self.time.basis,
+                             self.channels, g, h, self.g.dtype,
+                             self.space_basis).to(self.g.device)
+
+    def lr_scales(self):
+        # W_ij = ω_j g(x_i) h(x_j): the balanced factorization U = √ω g, V = √ω h of a low-rank
+        # layer U Vᵀ gives both factors s = √Nc
+        s = float(math.prod(self.size)) ** 0.5
+        return {"g": s, "h": s}
+
+    def config(self):
+        return {"kind": "lowrank", "rank": self.rank, "size": list(self.size),
+                "space_basis": self.space_basis}
+
+    def extra_repr(self):
+        return f"dim={self.dim}, size={self.size}, rank={self.rank}, channels={self.channels}"

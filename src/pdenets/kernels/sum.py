@@ -1,0 +1,74 @@
+"""Sums of kernels (e.g. a local convolution plus a low-rank global part, MODEL.md §10)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PdenetsError
+from ._ops import SumOp
+from .base import Kernel
+from .conv import ConvKernel
+from .lowrank import LowRankKernel
+
+
+class SumKernel(Kernel):
+    """The sum of kernels with the same dimension, channels and depth representation.
+
+    The regularization of a sum is the sum of its parts' norms (a norm of the parameters; the
+    decomposition of a kernel into a sum is not unique) **(choice)**; the operator-norm bound is
+    the sum of the parts' bounds.
+    """
+
+    kind = "sum"
+
+    def __init__(self, parts: Sequence[Kernel]) -> None:
+        super().__init__()
+        parts = list(parts)
+        if not parts or not all(isinstance(p, Kernel) for p in parts):
+            raise PdenetsError("SumKernel needs one or more kernels")
+        p0 = parts[0]
+        for p in parts[1:]:
+            if (p.dim, p.channels, p.T, p.time.intervals, p.time.basis) != (
+                    p0.dim, p0.channels, p0.T, p0.time.intervals, p0.time.basis):
+                raise PdenetsError("SumKernel: the parts must share dim, channels, T and the "
+                                   "depth knots")
+        self.parts = nn.ModuleList(parts)
+        self.dim, self.channels, self.time = p0.dim, p0.channels, p0.time
+
+    def knot_tensors(self, grid):
+        return tuple(t for p in self.parts for t in p.knot_tensors(grid))
+
+    def make_op(self, tensors, grid):
+        ops, i = [], 0
+        for p in self.parts:
+            n = 2 if isinstance(p, LowRankKernel) else 1
+            ops.append(p.make_op(tensors[i:i + n], grid))
+            i += n
+        return SumOp(ops)
+
+    def dense_knots(self, grid):
+        return torch.stack([p.dense_knots(grid) for p in self.parts]).sum(0)
+
+    def dense_matrix(self, grid, t):
+        return torch.stack([p.dense_matrix(grid, t) for p in self.parts]).sum(0)
+
+    def norms(self, spatial=False):
+        parts = [p.norms(spatial) for p in self.parts]
+        return tuple(sum(vals) for vals in zip(*parts))
+
+    def operator_norm_bound(self, t):
+        return sum(p.operator_norm_bound(t) for p in self.parts)
+
+    def prolong(self, size=None, intervals=None):
+        return SumKernel([p.prolong(size if not isinstance(p, ConvKernel) else None, intervals)
+                          for p in self.parts])
+
+    def lr_scales(self):
+        return {f"parts.{i}.{n}": s for i, p in enumerate(self.parts)
+                for n, s in p.lr_scales().items()}
+
+    def config(self):
+        return {"kind": "sum", "parts": [p.config() for p in self.parts]}
