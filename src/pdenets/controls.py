@@ -349,8 +349,21 @@ class GridControls(Controls):
         return _basis.basis_matrix(nodes, self.size, self.space_basis).to(self.w.dtype)
 
     def mass_matrix(self) -> torch.Tensor:
-        """Exact L²(Ω) Gram matrix of the space basis."""
-        return _basis.basis_mass(self.size, self.space_basis, self.w.dtype).to(self.w.device)
+        """Exact L²(Ω) Gram matrix of the space basis, built once per dtype and device (the
+        regularization of every training step reads it: no host-to-device copy, so no
+        synchronization and nothing that breaks CUDA-graph capture)."""
+        return self._constant("mass", _basis.basis_mass)
+
+    def stiffness_matrix(self) -> torch.Tensor:
+        """Exact Gram matrix of the gradients of the (linear) space basis, cached likewise."""
+        return self._constant("stiffness", _basis.basis_stiffness)
+
+    def _constant(self, name: str, build) -> torch.Tensor:
+        cache: dict = self.__dict__.setdefault("_constants", {})
+        key = (name, self.size, self.space_basis, self.w.dtype, self.w.device)
+        if key not in cache:
+            cache[key] = build(self.size, self.space_basis, self.w.dtype).to(self.w.device)
+        return cache[key]
 
     def knot_times(self) -> torch.Tensor:
         """Depths of the knots: interval midpoints (constant) or interval ends (linear)."""

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import _basis
 from ._checks import check_choice, check_finite, check_nonnegative, value_checks_enabled
 from .controls import GridControls
 from .errors import PdenetsError
@@ -83,7 +82,6 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
     ``(∫_0^T ‖w‖² + ‖b‖² dt, ∫_0^T ‖∂_t w‖² + ‖∂_t b‖² dt)`` and, with ``spatial=True``, a third
     entry ``∫_0^T ‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖² dt`` (norms in L²(Ω×Ω) and L²(Ω)).
     """
-    dt, dev = ctrl.w.dtype, ctrl.w.device
     M = ctrl.mass_matrix()
     W, Bv = ctrl.w, ctrl.b
 
@@ -107,7 +105,7 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
         dsq = W.new_zeros(())
     if not spatial:
         return sq, dsq
-    S = _basis.basis_stiffness(ctrl.size, ctrl.space_basis, dt).to(dev)
+    S = ctrl.stiffness_matrix()
     grad = _time_integral(ctrl, both(lambda i, j: w_form(S, M)(i, j) + w_form(M, S)(i, j),
                                      b_form(S)))
     return sq, dsq, grad
