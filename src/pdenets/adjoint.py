@@ -414,7 +414,9 @@ class _ContinuousAdjointFn(torch.autograd.Function):
             # knot tensor for all stages of a span
             if not rows:
                 return
-            W = torch.tensor(rows, dtype=torch.float64).to(grads[0].device, non_blocking=True)
+            dev = grads[0].device
+            W = torch.tensor(rows, dtype=torch.float64, pin_memory=dev.type == "cuda")
+            W = W.to(dev, non_blocking=True)  # from pinned memory: no synchronization
             for g, lst in zip(grads, parts):
                 g.add_(torch.tensordot(W.T.to(g.dtype), torch.stack(lst), 1))
                 lst.clear()
