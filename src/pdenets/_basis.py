@@ -152,8 +152,8 @@ def basis_matrix(nodes: torch.Tensor, size: tuple[int, ...], basis: str) -> torc
         return hat_matrix(nodes, size)
     idx = cell_index(torch.clamp(nodes, 0.0, 1.0), size)
     P = torch.zeros(nodes.shape[0], math.prod(size), dtype=nodes.dtype, device=nodes.device)
-    P[torch.arange(nodes.shape[0], device=nodes.device), idx] = 1.0
-    return P
+    # scatter with a scalar: no host tensor is copied to the device (CUDA-graph safe)
+    return P.scatter_(1, idx[:, None], 1.0)
 
 
 def basis_mass(size: tuple[int, ...], basis: str, dtype=torch.float64) -> torch.Tensor:

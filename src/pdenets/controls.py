@@ -145,8 +145,13 @@ class _StageTable(KernelSchedule):
             k0 = [k for k, _ in keys]
             k1 = [min(k + 1, K - 1) if s != 0.0 else k for k, s in keys]
             w = [s for _, s in keys]
-            cached = (torch.tensor(k0, device=ref.device), torch.tensor(k1, device=ref.device),
-                      torch.tensor(w, dtype=ref.dtype, device=ref.device))
+            pin = ref.device.type == "cuda"  # pinned host memory: an asynchronous copy
+
+            def dev(v, dtype=None):
+                t = torch.tensor(v, dtype=dtype, pin_memory=pin)
+                return t.to(ref.device, non_blocking=True)
+
+            cached = (dev(k0), dev(k1), dev(w, ref.dtype))
             if len(_TABLE_INDEX) > 256:
                 _TABLE_INDEX.clear()
             _TABLE_INDEX[ck] = cached
@@ -380,7 +385,10 @@ class GridControls(Controls):
     def discretize(self, grid: Grid) -> KernelSchedule:
         if grid.dim != self.dim:
             raise PdenetsError(f"controls are {self.dim}-D but the width grid is {grid.dim}-D")
-        P = self.basis_matrix(grid.nodes).to(grid.nodes.device)
+        key = ("control-basis", self.size, self.space_basis, self.w.dtype)
+        P = grid._cache.get(key)
+        if P is None:  # the evaluation matrix at the nodes: once per grid
+            P = grid._cache[key] = self.basis_matrix(grid.nodes).to(grid.nodes.device)
         A = torch.matmul(torch.matmul(P, self.w), P.T) * grid.weights.to(self.w.dtype)
         b = self.b @ P.T
         return _KnotSchedule(A, b, self.T, self.time_basis, grid.weights.to(self.w.dtype))
