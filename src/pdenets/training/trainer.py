@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -240,7 +240,8 @@ class Trainer:
         volume) for a convolution, √Nc for both low-rank factors).
         """
         scales: dict[str, float] = {}
-        ctrl, ro = self.net.controls, self.net.readout
+        ctrl: Any = self.net.controls  # the families' optional lr_scales()/size
+        ro: Any = self.net.readout
         if hasattr(ctrl, "lr_scales"):  # structured kernels: each family says (MODEL.md §10)
             scales.update({f"controls.{n}": s for n, s in ctrl.lr_scales().items()})
         elif hasattr(ctrl, "size"):
