@@ -1,6 +1,7 @@
 # Two commands do all the setup on a fresh machine (see README):
 #   make demo   -- create .venv, install, train the embedded default (digits), write results + plots
 #   make test   -- create .venv, install, run the test suite
+#   make lint   -- ruff and mypy
 #   make docs   -- also install the docs extra, run the gallery (examples/*.py, figures into
 #                  docs/gallery/) and build the site with `mkdocs build --strict` into site/
 #                  (`make docs GALLERY_FLAGS=--fast`: the gallery's small sizes, as in CI)
@@ -29,8 +30,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff, then the type checker (mypy, configured in pyproject.toml: src/pdenets)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks --quick

@@ -17,6 +17,7 @@ from pdenets.errors import ConfigError, PdenetsError
 from pdenets.integrators import stage_times
 from pdenets.network import ContinuumNetwork
 from pdenets.training import Trainer
+from pdenets.training import steps as steps_mod
 from pdenets.training import trainer as trainer_mod
 
 SYNCS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
@@ -231,7 +232,7 @@ def test_compile_failure_falls_back_to_eager_with_one_message(monkeypatch, capsy
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(trainer_mod, "compile_available", lambda device="cpu": (True, ""))
+    monkeypatch.setattr(steps_mod, "compile_available", lambda device="cpu": (True, ""))
     a = _tensor_trainer(["train.compile=on"])
     b = _tensor_trainer(["train.compile=off"])
     ja, jb = a.train_epoch(), b.train_epoch()
@@ -240,7 +241,7 @@ def test_compile_failure_falls_back_to_eager_with_one_message(monkeypatch, capsy
     assert "second line" not in err
     assert ja == jb  # the eager steps of the fallback
     assert all(torch.equal(p, q) for p, q in zip(a.net.parameters(), b.net.parameters()))
-    monkeypatch.setattr(trainer_mod, "compile_available",
+    monkeypatch.setattr(steps_mod, "compile_available",
                         lambda device="cpu": (False, "no compiler here"))
     c = _tensor_trainer(["train.compile=on"])
     c.train_epoch()

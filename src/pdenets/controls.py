@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +58,9 @@ BFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 class KernelSchedule:
     """Controls evaluated on a width grid, as a function of depth (see module docstring)."""
+
+    #: quadrature weights ω of the width grid (set by the subclasses)
+    _weights: torch.Tensor
 
     #: depths at which the controls may jump (step boundaries should include them)
     breakpoints: tuple[float, ...] = ()
@@ -262,6 +266,10 @@ class Controls(nn.Module):
 
     dim: int
     T: float
+    #: knot values of w and b, for the representations that store them (GridControls, the
+    #: kernel families of :mod:`pdenets.kernels`); declared for the type checker
+    w: torch.Tensor
+    b: torch.Tensor
 
     def discretize(self, grid: Grid) -> KernelSchedule:
         """Evaluate the controls on the nodes of ``grid`` (see :class:`KernelSchedule`)."""
@@ -344,7 +352,7 @@ class GridControls(Controls):
     def like(self, **changes) -> GridControls:
         """A new :class:`GridControls` with this one's structure (dim, size, intervals, T, bases,
         dtype) except ``changes`` (any constructor argument, e.g. ``w=``, ``T=``)."""
-        kw = dict(dim=self.dim, size=self.size, intervals=self.intervals, T=self.T,
+        kw: dict[str, Any] = dict(dim=self.dim, size=self.size, intervals=self.intervals, T=self.T,
                   time_basis=self.time_basis, dtype=self.w.dtype, space_basis=self.space_basis)
         kw.update(changes)
         return GridControls(**kw).to(self.w.device)
@@ -397,8 +405,8 @@ class GridControls(Controls):
     @classmethod
     def from_functions(
         cls,
-        w_fn: WFn,
-        b_fn: BFn,
+        w_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor | float],
+        b_fn: Callable[[torch.Tensor, float], torch.Tensor | float],
         dim: int,
         size: int | tuple[int, ...],
         intervals: int,

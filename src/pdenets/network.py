@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -200,6 +201,10 @@ class ContinuumNetwork(nn.Module):
     discretization : Discretization, optional
         Default discretization used when none is passed to :meth:`forward`/:meth:`solve`.
     """
+
+    #: metadata of a loaded model file (training configuration, data; see
+    #: :mod:`pdenets.modelfile`); set by the loader
+    extra: dict[str, Any]
 
     def __init__(
         self, controls: Controls, dynamics: Dynamics, lifting: Lifting, readout: Readout,

@@ -109,7 +109,7 @@ def run(args) -> int:
         sol = net.solve(torch.as_tensor(xi, dtype=dtype), disc, saveat=saveat)
     check_result(sol.outputs, "the outputs R u(T)")
     check_result(sol.us, "the field u(x, t)")
-    assert sol.us is not None  # saveat was given
+    assert sol.us is not None and sol.outputs is not None  # saveat was given
     u = sol.us.cpu().numpy()
     nodes = sol.grid.nodes.cpu().numpy()
     outputs = sol.outputs.cpu().numpy()

@@ -139,8 +139,8 @@ class ConvKernel(Kernel):
             return "matrix"
         if self.method == "matrix":
             return "matrix"
-        return _conv_plan(tuple(grid.shape), self.stencil_half(grid), self.channels,
-                          self.method)
+        return _conv_plan(tuple(grid.shape),  # type: ignore[arg-type]
+                          self.stencil_half(grid), self.channels, self.method)
 
     def is_dense_on(self, grid):
         return self.plan(grid) in ("dense", "matrix")
@@ -195,6 +195,7 @@ class ConvKernel(Kernel):
                 if flat is None:
                     flat, ok = d, inside
                 else:
+                    assert ok is not None
                     flat = (flat[:, None, :, None] * (2 * L + 1) + d[None, :, None, :])
                     ok = ok[:, None, :, None] & inside[None, :, None, :]
             assert flat is not None and ok is not None
