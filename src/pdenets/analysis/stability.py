@@ -172,6 +172,8 @@ def operator_norm_integral(
     -------
     NormIntegral
     """
+    if _is_kernel_controls(controls):
+        return _kernel_norm_integral(controls, grid)
     sched = controls.discretize(grid)
     eps = torch.finfo(grid.dtype).eps
     N = grid.n
@@ -210,6 +212,61 @@ def operator_norm_integral(
         return NormIntegral(margin(q + err, evals), False,
                             "adaptive Gauss–Kronrod 7–15 + error estimate (estimate)", err, evals,
                             conv)
+
+
+def _is_kernel_controls(controls) -> bool:
+    from ..kernels import KernelControls
+
+    return isinstance(controls, KernelControls)
+
+
+def _convex_in_depth(kernel) -> bool:
+    """Whether t ↦ (the kernel's operator-norm bound) is convex on every depth interval:
+    true for families linear in their knot values (dense, conv: a norm of a linear
+    interpolation), false for low rank with piecewise-linear factors (a product of two)."""
+    from ..kernels import LowRankKernel, SumKernel
+
+    if kernel.time.basis == "constant":
+        return True
+    parts = kernel.parts if isinstance(kernel, SumKernel) else [kernel]
+    return not any(isinstance(p, LowRankKernel) for p in parts)
+
+
+def _kernel_norm_integral(controls, grid: Grid) -> NormIntegral:
+    """∫_0^T of the kernel's operator-norm bound (MODEL.md §3, §10: conv ‖k(·,t)‖_{L¹} per
+    channel block, dense and low rank the Hilbert–Schmidt norm, a sum the sum of its parts).
+
+    Piecewise-constant depth: exact sum. Piecewise-linear depth, families linear in the
+    knot values: trapezoid over the knots, an upper bound by convexity (certified). Low-rank
+    factors linear in depth: the bound is not convex in t; adaptive Gauss–Kronrod with its
+    error estimate added (an estimate, not certified).
+    """
+    kern = controls.kernel
+    tm = kern.time
+    T, K, d = float(tm.T), tm.n_knots, tm.T / tm.intervals
+    eps = torch.finfo(grid.dtype).eps
+
+    def margin(value: float, terms: int) -> float:
+        return value * (1.0 + 4.0 * (grid.n * controls.channels + terms) * eps)
+
+    if tm.basis == "constant":
+        norms = [controls.operator_norm_bound((k + 0.5) * d) for k in range(K)]
+        return NormIntegral(margin(d * sum(norms), K), True,
+                            "exact (piecewise constant in depth; kernel norm bound)", 0.0, K,
+                            True)
+    if _convex_in_depth(kern):
+        norms = [controls.operator_norm_bound(k * d) for k in range(K)]
+        val = d * (sum(norms) - 0.5 * (norms[0] + norms[-1]))
+        return NormIntegral(margin(val, K), True,
+                            "trapezoid over knots (convex kernel norm bound)", 0.0, K, True)
+
+    def rule(a: float, b: float) -> tuple[float, float, float]:
+        return _gk15(controls.operator_norm_bound, a, b)
+
+    q, err, evals, conv = _adaptive_integral(rule, [k * d for k in range(K)], 1e-10, 400)
+    return NormIntegral(margin(q + err, evals), False,
+                        "adaptive Gauss–Kronrod 7–15 of the kernel norm bound (estimate)", err,
+                        evals, conv)
 
 
 def integrated_operator_norm(controls, grid: Grid, **kwargs) -> float:
@@ -273,13 +330,20 @@ def flow_map(controls, dynamics, disc, grid: Grid | None = None):
     return flow
 
 
-def _as_batch(u0: torch.Tensor, grid: Grid) -> torch.Tensor:
+def _state_weights(controls, grid: Grid) -> torch.Tensor:
+    """Quadrature weights of the state ``(B, C·N)``: ω repeated for each of C channels
+    (MODEL.md §10; C = 1 without channels)."""
+    return grid.weights.repeat(int(getattr(controls, "channels", 1)))
+
+
+def _as_batch(u0: torch.Tensor, grid: Grid, n: int | None = None) -> torch.Tensor:
+    n = grid.n if n is None else n
     u0 = torch.as_tensor(u0, dtype=grid.dtype, device=grid.device)
     if u0.dim() == 1:
         u0 = u0[None, :]
-    if u0.dim() != 2 or u0.shape[1] != grid.n:
+    if u0.dim() != 2 or u0.shape[1] != n:
         raise PdenetsError(
-            f"initial fields have shape {tuple(u0.shape)}; expected (B, {grid.n}) on this grid"
+            f"initial fields have shape {tuple(u0.shape)}; expected (B, {n}) on this grid"
         )
     return u0.detach()
 
@@ -350,9 +414,9 @@ def lipschitz_estimate(
     LipschitzEstimate
     """
     g = _grid_for(controls, disc, grid)
-    u0 = _as_batch(u0, g)
+    w = _state_weights(controls, g)
+    u0 = _as_batch(u0, g, w.numel())
     flow = flow_map(controls, dynamics, disc, g)
-    w = g.weights
     gen = torch.Generator().manual_seed(seed)
     v = _random_directions(u0.shape, w, gen)
     est = torch.zeros(u0.shape[0], dtype=u0.dtype, device=u0.device)
@@ -441,7 +505,9 @@ def input_sensitivity(
     response is compared with exp(L_σ∫‖w‖) · s (MODEL.md §3).
     """
     g = _grid_for(controls, disc, grid)
-    u0 = _as_batch(u0, g)
+    w = _state_weights(controls, g)
+    n = w.numel()
+    u0 = _as_batch(u0, g, n)
     flow = flow_map(controls, dynamics, disc, g)
     G = _gronwall_or_none(controls, dynamics, g)
     gen = torch.Generator().manual_seed(seed)
@@ -450,10 +516,10 @@ def input_sensitivity(
     with torch.no_grad():
         base = flow(u0)
         for s in scales:
-            d = _random_directions((directions, B, g.n), g.weights, gen)
-            pert = (u0[None] + float(s) * d).reshape(directions * B, g.n)
-            out = flow(pert).reshape(directions, B, g.n)
-            responses.append(float(weighted_norm(out - base[None], g.weights).max()))
+            d = _random_directions((directions, B, n), w, gen)
+            pert = (u0[None] + float(s) * d).reshape(directions * B, n)
+            out = flow(pert).reshape(directions, B, n)
+            responses.append(float(weighted_norm(out - base[None], w).max()))
     return _report("input", [float(s) for s in scales], responses,
                    None if G is None else [G * float(s) for s in scales], G)
 
