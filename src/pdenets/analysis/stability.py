@@ -243,7 +243,7 @@ def _kernel_norm_integral(controls, grid: Grid) -> NormIntegral:
     """
     kern = controls.kernel
     tm = kern.time
-    T, K, d = float(tm.T), tm.n_knots, tm.T / tm.intervals
+    K, d = tm.n_knots, tm.T / tm.intervals
     eps = torch.finfo(grid.dtype).eps
 
     def margin(value: float, terms: int) -> float:
