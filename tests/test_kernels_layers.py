@@ -1,6 +1,8 @@
 """Structured kernels (MODEL.md §10) through every layer: batched dynamics, Gronwall bound
 (§3), Hessian (§6) and steady states, multilevel prolongation, PMP and MSA (§7)."""
 
+import math
+
 import pytest
 import torch
 
@@ -168,3 +170,50 @@ def test_steady_state_with_channels_is_refused():
     g = net.grid(net.discretization.width)
     with pytest.raises(PdenetsError, match="steady states with channels = 2"):
         find_steady_state(net.controls, net.dynamics, g, depth=0.5)
+
+
+# ------------------------------------------------------------------------------------------
+# 4. multilevel prolongation of KernelControls
+
+
+@pytest.mark.parametrize("family,channels", [("conv", 1), ("lowrank", 2), ("conv+lowrank", 1)])
+def test_prolonged_kernel_network_has_the_same_outputs(family, channels):
+    import pdenets as pn
+    from pdenets.multilevel import prolong_network
+
+    net = ContinuumNetwork.create(4, 3, kernel=family, channels=channels, control_size=3,
+                                  intervals=2, time_basis="constant", kernel_radius=0.4,
+                                  kernel_size=5, rank=2, init_scale=1.0, seed=2, width=8,
+                                  steps=4, in_channels=channels)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=F64))
+    disc = pn.Discretization(pn.Midpoint(16), pn.RK4(), 8)
+    # nested refinements: control grid 3 → 5 vertices, kernel grid 5 → 9, 2 → 4 intervals
+    fine = prolong_network(net, 5, 4, disc, kernel_size=9)
+    assert fine.controls.size == (5,) and fine.controls.intervals == 4
+    x = torch.randn(5, *((channels,) if channels > 1 else ()), 4, generator=g, dtype=F64)
+    with torch.no_grad():
+        a, b = net(x, disc), fine(x, disc)
+    assert float(a.abs().max()) > 0.1
+    assert torch.allclose(a, b, atol=1e-11, rtol=1e-11)
+
+
+def test_multilevel_training_with_conv_kernel():
+    from pdenets.config import load_config
+    from pdenets.data import load_dataset
+    from pdenets.multilevel import MultilevelTrainer
+
+    cfg = load_config(None, ["data.name=iris", "train.batch_size=32", "model.steps=4",
+                             "model.intervals=2", "model.width=8", "model.control_size=5",
+                             "model.kernel=conv", "train.method=multilevel", "train.levels=2",
+                             "train.level_method=adam", "train.lr=0.05",
+                             "train.level_epochs=[1, 1]"])
+    tr = MultilevelTrainer(cfg, load_dataset("iris"))
+    assert tr.net.controls.size == (3,)
+    res = tr.fit()
+    assert type(res.net.controls).__name__ == "KernelControls"
+    assert res.net.controls.size == (5,)
+    assert [h["level"] for h in res.history] == [0, 1]
+    assert all(math.isfinite(h["train_objective"]) for h in res.history)
