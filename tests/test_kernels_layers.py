@@ -217,3 +217,33 @@ def test_multilevel_training_with_conv_kernel():
     assert res.net.controls.size == (5,)
     assert [h["level"] for h in res.history] == [0, 1]
     assert all(math.isfinite(h["train_objective"]) for h in res.history)
+
+
+# ------------------------------------------------------------------------------------------
+# 5. PMP (§7) with structured kernels; MSA refuses them
+
+
+@pytest.mark.parametrize("family,channels,basis", [
+    ("conv", 1, "linear"), ("lowrank", 2, "constant"), ("conv+lowrank", 2, "linear"),
+    ("conv", 2, "constant")])
+def test_pmp_identity_with_kernel_controls(family, channels, basis):
+    from pdenets.objective import Objective
+    from pdenets.pontryagin import pmp_residual
+
+    net = _net(family, channels, steps=3, time_basis=basis)
+    x, y = _data(net, channels)
+    rep = pmp_residual(net, x, y, Objective("cross_entropy", alpha=0.05, beta=0.02))
+    # ∇J (autograd of J) = −∫φ ∇_θH (stage quadrature) + β term, to rounding
+    assert rep.grad_J_norm > 1e-3
+    assert rep.identity_error < 1e-10
+    assert len(rep.residual) == 3 * 4 and rep.max_residual > 0
+
+
+def test_msa_with_conv_kernel_is_refused():
+    from pdenets.errors import PdenetsError
+    from pdenets.objective import Objective
+    from pdenets.pontryagin import MSA
+
+    net = _net("conv", 1)
+    with pytest.raises(PdenetsError, match="msa with model.kernel = conv is not supported"):
+        MSA(net, Objective("cross_entropy"))
