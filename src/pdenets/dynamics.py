@@ -131,7 +131,8 @@ class Dynamics:
         if len(ops) != Y.shape[0] or b.shape[0] != Y.shape[0]:
             raise PdenetsError(f"reaction_batched: {Y.shape[0]} stages but {len(ops)} "
                                f"operators and {b.shape[0]} biases")
-        return torch.stack([self.reaction(Y[e], op, b[e]) for e, op in enumerate(ops)])
+        return torch.stack([self.reaction(Y[e], op, b[e])  # type: ignore[arg-type]
+                            for e, op in enumerate(ops)])
 
     def vjp_u_batched(self, Y: torch.Tensor, A: BatchedOperator, b: torch.Tensor,
                       p: torch.Tensor) -> torch.Tensor:

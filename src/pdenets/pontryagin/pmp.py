@@ -4,11 +4,13 @@ pairing and the identity ∇_θJ = −∫φ ∇_θH dt that these diagnostics ch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 
 from ..controls import GridControls
 from ..errors import PdenetsError
+from ..kernels import KernelControls
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, control_norms
 from .pmp_params import parameter_identity
@@ -220,8 +222,10 @@ def _pmp_report_params(sw: Sweep, objective: Objective, xs, ys,
                        disc: Discretization) -> PMPReport:
     """:func:`pmp_residual` for structured kernels (MODEL.md §10): the same report in parameter
     coordinates (Euclidean norms; see :mod:`.pmp_params`)."""
-    net, ctrl = sw.net, sw.net.controls
+    net = sw.net
+    ctrl = cast(KernelControls, net.controls)
     G, P, gJ, J = parameter_identity(sw, objective, xs, ys, disc)
+    assert sw.Lam is not None
     H = -(sw.Lam / sw.weights[:, None, None] * sw.slopes_tensor()).sum((1, 2))
 
     def sq(d: dict, names) -> torch.Tensor:
@@ -236,14 +240,14 @@ def _pmp_report_params(sw: Sweep, objective: Objective, xs, ys,
     pnorm = float(torch.sqrt(sum((v ** 2).sum() for v in P.values())))
     err = float(torch.sqrt(sum(((gJ[n] + P[n]) ** 2).sum() for n in gJ))) / max(gnorm, 1e-300)
     tm = ctrl.kernel.time
-    K, d = tm.n_knots, tm.T / tm.intervals
+    K, d = int(tm.n_knots), float(tm.T) / tm.intervals
     mj = torch.full((K,), d, dtype=sw.weights.dtype)
     if tm.basis != "constant":
         mj[0] = mj[-1] = d / 2
     knot_res = torch.as_tensor(sq(P, set(P))).sqrt() / mj
     knot_gj = torch.as_tensor(sq(gJ, set(gJ))).sqrt() / mj
     acc = None
-    if objective.loss == "cross_entropy":
+    if objective.loss == "cross_entropy" and sw.outputs is not None:
         acc = float((sw.outputs.argmax(1) == ys).double().mean())
     notes = ["structured kernel: residuals in parameter coordinates (Euclidean norms); H(t) "
              "without the running cost"]
