@@ -23,13 +23,19 @@ automatic differentiation), and may override them with hand-written forms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ._checks import check_choice, check_nonnegative
 from ._laplacian import NeumannLaplacian, laplacian_for
 from .activations import Activation, get_activation
+from .errors import PdenetsError
 from .integrators import System
-from .kernels import lin, lin_param_vjp, lin_T
+from .kernels import KernelOp, lin, lin_param_vjp, lin_T
+
+#: the operators of a stack of E stages: ``(E, N, N)`` matrices or E kernel operators
+BatchedOperator = torch.Tensor | Sequence[KernelOp]
 
 
 class Dynamics:
@@ -107,17 +113,32 @@ class Dynamics:
 
         return System(reaction, self.eps, lap)
 
-    def reaction_batched(self, Y: torch.Tensor, A: torch.Tensor, b: torch.Tensor
+    def reaction_batched(self, Y: torch.Tensor, A: BatchedOperator, b: torch.Tensor
                          ) -> torch.Tensor:
-        """The reaction for a stack of stages: Y ``(E, B, N)``, A ``(E, N, N)``, b ``(E, N)``
-        → ``(E, B, N)`` (the θ-dependent part of f; diffusion does not depend on θ).
-        Generic version: ``torch.func.vmap`` of :meth:`reaction`."""
+        """The reaction for a stack of stages: Y ``(E, B, N)``, A ``(E, N, N)`` (dense
+        matrices) or a sequence of E :class:`~pdenets.kernels.KernelOp` (structured kernels,
+        MODEL.md §10), b ``(E, N)`` → ``(E, B, N)`` (the θ-dependent part of f; diffusion
+        does not depend on θ). Generic version: ``torch.func.vmap`` of :meth:`reaction` for
+        matrices, one :meth:`reaction` per stage for operators."""
+        if not isinstance(A, torch.Tensor):
+            return self._per_stage(Y, A, b)
         return torch.func.vmap(self.reaction)(Y, A, b)
 
-    def vjp_u_batched(self, Y: torch.Tensor, A: torch.Tensor, b: torch.Tensor,
+    def _per_stage(self, Y: torch.Tensor, ops: Sequence[KernelOp], b: torch.Tensor
+                   ) -> torch.Tensor:
+        """:meth:`reaction` stage by stage for a sequence of kernel operators."""
+        ops = list(ops)
+        if len(ops) != Y.shape[0] or b.shape[0] != Y.shape[0]:
+            raise PdenetsError(f"reaction_batched: {Y.shape[0]} stages but {len(ops)} "
+                               f"operators and {b.shape[0]} biases")
+        return torch.stack([self.reaction(Y[e], op, b[e])  # type: ignore[arg-type]
+                            for e, op in enumerate(ops)])
+
+    def vjp_u_batched(self, Y: torch.Tensor, A: BatchedOperator, b: torch.Tensor,
                       p: torch.Tensor) -> torch.Tensor:
         """pᵀ ∂R/∂u per sample for a stack of stages (shapes as :meth:`reaction_batched`, p
-        like Y); differentiable in A and b. Generic version: automatic differentiation."""
+        like Y; A a matrix stack or a sequence of kernel operators); differentiable in A (its
+        tensors) and b. Generic version: automatic differentiation."""
         graph = torch.is_grad_enabled()
         Yg = Y.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -177,9 +198,13 @@ class Standard(Dynamics):
         return self.activation.fn(z), lin_T(g, A), lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_batched(self, Y, A, b):
+        if not isinstance(A, torch.Tensor):
+            return self._per_stage(Y, A, b)
         return self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))
 
     def vjp_u_batched(self, Y, A, b, p):
+        if not isinstance(A, torch.Tensor):
+            return super().vjp_u_batched(Y, A, b, p)
         Z = torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2))
         return torch.bmm(self.activation.derivative(Z) * p, A)
 
@@ -204,9 +229,13 @@ class Field(Dynamics):
                 lin_param_vjp(lam, s, A), lam.sum(0))
 
     def reaction_batched(self, Y, A, b):
+        if not isinstance(A, torch.Tensor):
+            return self._per_stage(Y, A, b)
         return torch.baddbmm(b[:, None, :], self.activation.fn(Y), A.transpose(1, 2))
 
     def vjp_u_batched(self, Y, A, b, p):
+        if not isinstance(A, torch.Tensor):
+            return super().vjp_u_batched(Y, A, b, p)
         return self.activation.derivative(Y) * torch.bmm(p, A)
 
 
@@ -233,9 +262,13 @@ class Selection(Dynamics):
         return u * s, lam * s + lin_T(g, A), lin_param_vjp(g, u, A), g.sum(0)
 
     def reaction_batched(self, Y, A, b):
+        if not isinstance(A, torch.Tensor):
+            return self._per_stage(Y, A, b)
         return Y * self.activation.fn(torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2)))
 
     def vjp_u_batched(self, Y, A, b, p):
+        if not isinstance(A, torch.Tensor):
+            return super().vjp_u_batched(Y, A, b, p)
         act = self.activation
         Z = torch.baddbmm(b[:, None, :], Y, A.transpose(1, 2))
         return p * act.fn(Z) + torch.bmm(act.derivative(Z) * p * Y, A)

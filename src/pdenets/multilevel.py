@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from . import _basis
 from .controls import GridControls
 from .errors import PdenetsError
+from .kernels import ConvKernel
 from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
 from .network import ContinuumNetwork, Discretization
 from .readout import LinearReadout, Readout
@@ -63,33 +64,48 @@ def prolong_network(
     discretization: Discretization | None = None,
     readout_size: int | tuple[int, ...] | None = None,
     lifting_size: int | tuple[int, ...] | None = None,
+    kernel_size: int | tuple[int, ...] | None = None,
 ) -> ContinuumNetwork:
     """The same network in a finer representation (see module docstring).
 
     Parameters
     ----------
     net : ContinuumNetwork
-        With :class:`~pdenets.controls.GridControls`.
+        With :class:`~pdenets.controls.GridControls` or
+        :class:`~pdenets.kernels.KernelControls` (MODEL.md §10).
     control_size, intervals : optional
-        Target control grid and depth intervals (:meth:`GridControls.prolong`).
+        Target control grid and depth intervals (:meth:`GridControls.prolong`,
+        :meth:`KernelControls.prolong <pdenets.kernels.KernelControls.prolong>`: the bias and
+        dense / low-rank kernels on ``control_size``).
     discretization : Discretization, optional
         Default discretization of the result (the network's by default).
     readout_size, lifting_size : optional
         Target control grids of a learnable readout c_j and lifting φ_i (default: the new
         control size when they had the controls' size, else unchanged). Their values are
         interpolated in their own multilinear basis (exact for nested grids); d_j is copied.
+    kernel_size : optional
+        Target displacement grid of a convolution kernel (KernelControls; default: unchanged,
+        which keeps the kernel exactly).
 
     Returns
     -------
     ContinuumNetwork
         A new network (the input is not modified).
     """
-    if not isinstance(net.controls, GridControls):
-        raise PdenetsError("prolong_network needs GridControls")
+    from .kernels import KernelControls
+
     old = net.controls
-    ctrl = old.prolong(control_size, intervals)
-    ctrl.w.requires_grad_(old.w.requires_grad)
-    ctrl.b.requires_grad_(old.b.requires_grad)
+    if isinstance(old, GridControls):
+        ctrl: GridControls | KernelControls = old.prolong(control_size, intervals)
+    elif isinstance(old, KernelControls):
+        ctrl = old.prolong(control_size, intervals, kernel_size=kernel_size)
+    else:
+        raise PdenetsError(f"prolong_network needs GridControls or KernelControls, got "
+                           f"{type(old).__name__}")
+    was = dict(old.named_parameters())
+    for name, p in ctrl.named_parameters():
+        if name in was:
+            p.requires_grad_(was[name].requires_grad)
     dim = net.dim
     ro: Readout = net.readout
     if isinstance(ro, LinearReadout):
@@ -97,7 +113,8 @@ def prolong_network(
             ctrl.size if ro.size == old.size else ro.size)
         Ps = _basis.basis_prolong(ro.size, size, ro.basis, ro.c.dtype).to(ro.c.device)
         new_ro = LinearReadout(ro.outputs, dim, size, c=(ro.c.detach() @ Ps.T),
-                               d=ro.d.detach(), dtype=ro.c.dtype, basis=ro.basis)
+                               d=ro.d.detach(), dtype=ro.c.dtype, basis=ro.basis,
+                               channels=ro.channels)
         new_ro.c.requires_grad_(ro.c.requires_grad)
         new_ro.d.requires_grad_(ro.d.requires_grad)
         ro = new_ro.to(ro.c.device)
@@ -233,6 +250,10 @@ class MultilevelMethod(Method):
             kw["readout_size"] = tmpl.readout.size
         if isinstance(tmpl.lifting, LearnableLifting):
             kw["lifting_size"] = tmpl.lifting.size
+        kern = getattr(tmpl.controls, "kernel", None)
+        for part in [kern, *getattr(kern, "parts", [])]:
+            if isinstance(part, ConvKernel) and not part.lattice:
+                kw["kernel_size"] = part.size
         fine = prolong_network(trainer.net, tmpl.controls.size, tmpl.controls.intervals,
                                tmpl.discretization, **kw)
         fine = fine.to(dtype=next(tmpl.parameters()).dtype)

@@ -1,7 +1,8 @@
 """Analysis toolkit (MODEL.md §3, §6, §9 and the large-time behaviour of §1).
 
-* :mod:`.stability` — Gronwall bounds against observed sensitivities to input and control
-  perturbations; power-iteration Lipschitz estimates of u(0) ↦ u(T) (§3).
+* :mod:`.stability` (the bound itself in :mod:`.gronwall`) — Gronwall bounds against observed
+  sensitivities to input and control perturbations; power-iteration Lipschitz estimates of
+  u(0) ↦ u(T) (§3).
 * :mod:`.hessian` — reduced objective, Hessian-vector products, Lanczos, second-order
   certification of critical points: strict minimizer / saddle (with a verified descent
   direction) / degenerate (§6).

@@ -73,6 +73,14 @@ class FrozenControls(Controls):
         return _ConstantSchedule(self.A, self.b, grid.weights)
 
 
+def _as_matrix(A) -> torch.Tensor:
+    """A dense matrix, or a structured kernel operator (MODEL.md §10) as its dense matrix: the
+    steady-state analysis (Newton, the spectrum of the N × N linearization) is dense anyway."""
+    if isinstance(A, torch.Tensor):
+        return A.detach()
+    return A.matrix().detach()
+
+
 def frozen_operator(controls: Controls, grid: Grid, depth: float | None = None,
                     rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, b)`` of time-independent controls on ``grid``.
@@ -81,6 +89,11 @@ def frozen_operator(controls: Controls, grid: Grid, depth: float | None = None,
     knots / a few sample depths; raises :class:`PdenetsError` otherwise); with ``depth=t`` the
     controls are frozen at depth t.
     """
+    channels = int(getattr(controls, "channels", 1))
+    if channels > 1:
+        raise PdenetsError(
+            f"steady states with channels = {channels} are not supported: the Newton solve, "
+            f"linearization and simulation act on one scalar field (use channels = 1)")
     T = float(controls.T)
     sched = controls.discretize(grid)
     with torch.no_grad():
@@ -89,15 +102,16 @@ def frozen_operator(controls: Controls, grid: Grid, depth: float | None = None,
                 raise PdenetsError(f"depth {depth} lies outside [0, T = {T}]")
             t = float(depth)
             A, b = sched.at(t, t, t)
-            return A.detach().clone(), b.detach().clone()
+            return _as_matrix(A).clone(), b.detach().clone()
         samples = [T * s for s in (0.0, 0.13, 0.37, 0.5, 0.71, 0.94, 1.0)]
         bps = list(getattr(sched, "breakpoints", ()))
         samples += [max(0.0, p - 1e-9 * T) for p in bps] + [min(T, p + 1e-9 * T) for p in bps]
         A0, b0 = sched.at(samples[0], samples[0], samples[0])
-        A0, b0 = A0.detach().clone(), b0.detach().clone()
+        A0, b0 = _as_matrix(A0).clone(), b0.detach().clone()
         scale = max(float(A0.abs().max()), float(b0.abs().max()), 1e-300)
         for t in samples[1:]:
             A, b = sched.at(t, max(0.0, t - 1e-9 * T), min(T, t + 1e-9 * T))
+            A = _as_matrix(A)
             diff = max(float((A - A0).abs().max()), float((b - b0).abs().max()))
             if diff > rtol * scale:
                 raise PdenetsError(

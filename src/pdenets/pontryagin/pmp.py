@@ -4,12 +4,16 @@ pairing and the identity ∇_θJ = −∫φ ∇_θH dt that these diagnostics ch
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 
+from ..controls import GridControls
 from ..errors import PdenetsError
+from ..kernels import KernelControls
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, control_norms
+from .pmp_params import parameter_identity
 from .sweep import (
     Sweep,
     _dual_sq,
@@ -140,13 +144,15 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
     disc = disc or net.discretization
     ctrl = net.controls
     xs = torch.as_tensor(inputs)
-    dt = ctrl.w.dtype
+    dt = next(ctrl.parameters()).dtype
     xs = xs.to(dt)
     ys = torch.as_tensor(targets)
     if objective.loss == "mse":
         ys = ys.to(dt)
     sw = forward_sweep(net, xs, disc)
     costate_sweep(sw, ys, objective.loss)
+    if not isinstance(ctrl, GridControls):
+        return _pmp_report_params(sw, objective, xs, ys, disc)
     Gw_data, Gb_data = stage_hamiltonian_gradients(sw, 0.0)
     H = hamiltonian(sw, objective.alpha)
     M = _mass(ctrl)
@@ -210,6 +216,53 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
         knot_grad_J=knot_gj.tolist(), max_residual=float(res.max()), mean_residual=mean_res,
         max_knot_residual=float(knot_res.max()), grad_J_norm=gnorm, projected_H_norm=pnorm,
         identity_error=err, notes=notes)
+
+
+def _pmp_report_params(sw: Sweep, objective: Objective, xs, ys,
+                       disc: Discretization) -> PMPReport:
+    """:func:`pmp_residual` for structured kernels (MODEL.md §10): the same report in parameter
+    coordinates (Euclidean norms; see :mod:`.pmp_params`)."""
+    net = sw.net
+    ctrl = cast(KernelControls, net.controls)
+    G, P, gJ, J = parameter_identity(sw, objective, xs, ys, disc)
+    assert sw.Lam is not None
+    H = -(sw.Lam / sw.weights[:, None, None] * sw.slopes_tensor()).sum((1, 2))
+
+    def sq(d: dict, names) -> torch.Tensor:
+        return sum((v.reshape(v.shape[0], -1) ** 2).sum(1) for n, v in d.items() if n in names)
+
+    b_names = {"b"}
+    w_names = set(G) - b_names
+    res_w = torch.as_tensor(sq(G, w_names)).sqrt()
+    res_b = torch.as_tensor(sq(G, b_names)).sqrt()
+    res = (res_w ** 2 + res_b ** 2).sqrt()
+    gnorm = float(torch.sqrt(sum((v ** 2).sum() for v in gJ.values())))
+    pnorm = float(torch.sqrt(sum((v ** 2).sum() for v in P.values())))
+    err = float(torch.sqrt(sum(((gJ[n] + P[n]) ** 2).sum() for n in gJ))) / max(gnorm, 1e-300)
+    tm = ctrl.kernel.time
+    K, d = int(tm.n_knots), float(tm.T) / tm.intervals
+    mj = torch.full((K,), d, dtype=sw.weights.dtype)
+    if tm.basis != "constant":
+        mj[0] = mj[-1] = d / 2
+    knot_res = torch.as_tensor(sq(P, set(P))).sqrt() / mj
+    knot_gj = torch.as_tensor(sq(gJ, set(gJ))).sqrt() / mj
+    acc = None
+    if objective.loss == "cross_entropy" and sw.outputs is not None:
+        acc = float((sw.outputs.argmax(1) == ys).double().mean())
+    notes = ["structured kernel: residuals in parameter coordinates (Euclidean norms); H(t) "
+             "without the running cost"]
+    if objective.beta:
+        notes.append("β > 0: the PMP holds for β = 0; the identity includes the β gradient")
+    knot_times = [float(t) for t in tm.knot_times()]
+    return PMPReport(
+        J=J, loss=sw.loss, accuracy=acc, alpha=objective.alpha, beta=objective.beta,
+        samples=int(xs.shape[0]), steps=disc.steps, solver=disc.solver.name,
+        times=sw.times.tolist(), hamiltonian=H.tolist(), residual=res.tolist(),
+        residual_w=res_w.tolist(), residual_b=res_b.tolist(), knot_times=knot_times,
+        knot_residual=knot_res.tolist(), knot_grad_J=knot_gj.tolist(),
+        max_residual=float(res.max()), mean_residual=float((sw.weights * res).sum()) / float(
+            net.T), max_knot_residual=float(knot_res.max()), grad_J_norm=gnorm,
+        projected_H_norm=pnorm, identity_error=err, notes=notes)
 
 
 def plot_pmp(report: PMPReport, path) -> None:

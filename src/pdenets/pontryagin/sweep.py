@@ -73,10 +73,25 @@ class Sweep:
         return torch.stack([k.detach() for k in self.slopes])
 
 
-def check_network(net: ContinuumNetwork, disc: Discretization) -> None:
-    """Raise unless the PMP machinery applies: grid controls and a fixed-step explicit RK."""
-    if not isinstance(net.controls, GridControls):
-        raise PdenetsError("PMP/MSA needs GridControls (knot-based controls)")
+def check_network(net: ContinuumNetwork, disc: Discretization, kernels: bool = False) -> None:
+    """Raise unless the PMP machinery applies: grid controls (or, with ``kernels``, structured
+    :class:`~pdenets.kernels.KernelControls` of MODEL.md §10) and a fixed-step explicit RK."""
+    from ..kernels import KernelControls
+
+    ctrl = net.controls
+    if not isinstance(ctrl, GridControls):
+        if isinstance(ctrl, KernelControls):
+            if not kernels:
+                kind = ctrl.kernel.config().get("kind", "kernel")
+                kind = "+".join(p["kind"] for p in ctrl.kernel.config()["parts"]) \
+                    if kind == "sum" else kind
+                raise PdenetsError(
+                    f"msa with model.kernel = {kind} is not supported: the MSA maximizes the "
+                    f"Hamiltonian over the knot values of GridControls (dense kernels); use "
+                    f"model.kernel = dense or a gradient method (adam, sgd, lbfgs)")
+        else:
+            raise PdenetsError("PMP/MSA needs GridControls or KernelControls (knot-based "
+                               f"controls), got {type(ctrl).__name__}")
     s = disc.solver
     if not isinstance(s, ExplicitRK) or s.adaptive:
         raise PdenetsError(
@@ -95,7 +110,7 @@ def forward_sweep(net: ContinuumNetwork, inputs: torch.Tensor,
     :func:`costate_sweep` can differentiate them.
     """
     disc = disc or net.discretization
-    check_network(net, disc)
+    check_network(net, disc, kernels=True)
     grid = net.grid(disc.width)
     u = net.initial_state(inputs, grid)
     sched = net.controls.discretize(grid)
@@ -116,8 +131,8 @@ def forward_sweep(net: ContinuumNetwork, inputs: torch.Tensor,
         kw.append(row)
 
     uT, _, _ = integrate(system, u, float(net.T), disc.steps, disc.solver, hook=record)
-    dt = net.controls.w.dtype
-    dev = net.controls.w.device
+    p0 = next(net.controls.parameters())
+    dt, dev = p0.dtype, p0.device
     return Sweep(net, disc, grid, torch.tensor(times, dtype=dt, device=dev),
                  torch.tensor(weights, dtype=dt, device=dev), t0s, t1s, torch.stack(ys),
                  torch.tensor(kw, dtype=dt, device=dev), uT, ks)
