@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from . import _basis
 from .controls import GridControls
 from .errors import PdenetsError
-from .kernels import ConvKernel
+from .kernels import ConvKernel, KernelControls
 from .lifting import LearnableLifting, Lifting, PiecewiseConstantLifting
 from .network import ContinuumNetwork, Discretization
 from .readout import LinearReadout, Readout
@@ -245,16 +245,20 @@ class MultilevelMethod(Method):
 
     def _advance(self, trainer: Trainer) -> None:
         tmpl = self._template(self.level + 1)
+        tctrl = tmpl.controls
+        if not isinstance(tctrl, (GridControls, KernelControls)):
+            raise PdenetsError(f"multilevel training needs GridControls or KernelControls, got "
+                               f"{type(tctrl).__name__}")
         kw = {}
         if isinstance(tmpl.readout, LinearReadout):
             kw["readout_size"] = tmpl.readout.size
         if isinstance(tmpl.lifting, LearnableLifting):
             kw["lifting_size"] = tmpl.lifting.size
-        kern = getattr(tmpl.controls, "kernel", None)
+        kern = getattr(tctrl, "kernel", None)
         for part in [kern, *getattr(kern, "parts", [])]:
             if isinstance(part, ConvKernel) and not part.lattice:
                 kw["kernel_size"] = part.size
-        fine = prolong_network(trainer.net, tmpl.controls.size, tmpl.controls.intervals,
+        fine = prolong_network(trainer.net, tctrl.size, tctrl.intervals,
                                tmpl.discretization, **kw)
         fine = fine.to(dtype=next(tmpl.parameters()).dtype)
         self._set_level(trainer, self.level + 1, fine)

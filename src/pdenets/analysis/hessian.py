@@ -409,13 +409,14 @@ def certify(
     else:
         verdict = "degenerate"
     cond = lmax / lmin if lmin > tol else None
+    direction = lz.vectors[:, 0].clone()
     rep = HessianReport(
         red.n, list(red.names), J, gnorm, gtol, lmin, lmax, [float(x) for x in vals],
         res_min, float(lz.residuals[-1]), lz.steps, lz.invariant, float(tol),
-        verdict, cond, None, lz.vectors[:, 0].clone(), rounding,
+        verdict, cond, None, direction, rounding,
     )
     if verdict == "saddle":
-        rep.descent = verify_descent(red, rep.direction, g, lmin, max_halvings=max_halvings)
+        rep.descent = verify_descent(red, direction, g, lmin, max_halvings=max_halvings)
     return rep
 
 
@@ -471,7 +472,7 @@ def plot_hessian(report: HessianReport, red: ReducedObjective, path, points: int
     span = report.descent.best_step * 2 if report.descent and report.descent.best_step else (
         max(1e-3, 1.0 / math.sqrt(max(abs(report.lambda_min), 1e-12))))
     s = np.linspace(-span, span, points)
-    Js = line_profile(red, v, s)
+    Js = line_profile(red, v, s.tolist())
     _, g = red.gradient()
     slope = float(torch.dot(g, v))
     ax.plot(s, Js, "-", label="J(θ + s v_min)")

@@ -319,6 +319,7 @@ def control_sensitivity(
         ts = [k * controls.T / disc.steps for k in range(disc.steps + 1)]
         ref = solve(controls, u0, dynamics, disc, grid=g, saveat=ts)
         traj = ref.us  # (n_t, B, N)
+        assert traj is not None, "solve with saveat returns the saved states"
         if dynamics.kind == "field":
             u_sup = float(weighted_norm(sig.fn(traj), g.weights).max())
             coef_w, coef_b = u_sup, 1.0

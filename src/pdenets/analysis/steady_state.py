@@ -301,6 +301,7 @@ def simulate_near(
     ts = [k * horizon / (saves - 1) for k in range(saves)]
     with torch.no_grad():
         sol = solve(frozen, u0, dynamics, disc, saveat=ts, grid=grid)
+        assert sol.us is not None, "solve with saveat returns the saved states"
         dist = weighted_norm(sol.us - u_star[None, None, :], grid.weights).max(1).values
     dist_l = [float(x) if math.isfinite(float(x)) else math.inf for x in dist]
     d0, dT = dist_l[0], dist_l[-1]

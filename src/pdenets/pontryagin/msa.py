@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..controls import GridControls
 from ..errors import PdenetsError
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, data_loss
@@ -153,6 +154,11 @@ class MSA:
         """Block-Jacobi maximization of the knots' shares of ∫H̃ dt (module docstring)."""
         net = self.net
         ctrl = net.controls
+        if not isinstance(ctrl, GridControls):  # the controls may be replaced after __init__
+            raise PdenetsError(f"MSA needs GridControls (knot values on a control grid), got "
+                               f"{type(ctrl).__name__}")
+        if sw.Lam is None:
+            raise PdenetsError("MSA: run costate_sweep before the Hamiltonian maximization")
         dyn = net.dynamics
         grid = sw.grid
         W0 = ctrl.w.detach().clone()
@@ -214,6 +220,7 @@ class MSA:
 
         with torch.no_grad():
             v0 = float(objective())
+        opt: torch.optim.Optimizer
         if self.inner_solver == "adam":
             opt = torch.optim.Adam([W, Bv], lr=self.inner_lr)
             for _ in range(self.inner_steps):
@@ -255,10 +262,10 @@ class MSA:
             costate_sweep(sw, y, obj.loss)
         J1 = sw.loss + Rv
         gRw, gRb = self._reg_gradient()
-        gw = (sw.grads.get("controls.w") if sw.grads.get("controls.w") is not None
-              else torch.zeros_like(ctrl.w)) + gRw
-        gb = (sw.grads.get("controls.b") if sw.grads.get("controls.b") is not None
-              else torch.zeros_like(ctrl.b)) + gRb
+        gw_data: torch.Tensor | None = sw.grads.get("controls.w")
+        gb_data: torch.Tensor | None = sw.grads.get("controls.b")
+        gw = (gw_data if gw_data is not None else torch.zeros_like(ctrl.w)) + gRw
+        gb = (gb_data if gb_data is not None else torch.zeros_like(ctrl.b)) + gRb
         gnorm = float(torch.sqrt((gw ** 2).sum() + (gb ** 2).sum()))
         W0, B0 = ctrl.w.detach().clone(), ctrl.b.detach().clone()
         Wn, Bn, gain = self._maximize(sw, gRw, gRb)

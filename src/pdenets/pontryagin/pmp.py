@@ -28,6 +28,16 @@ from .sweep import (
 # Hamiltonian and PMP residual
 
 
+def _grid_controls(sweep: Sweep, what: str) -> GridControls:
+    """The sweep's controls, which must be :class:`~pdenets.controls.GridControls` for ``what``
+    (the knot-value derivatives of MODEL.md §7 need the control-grid basis and mass matrix)."""
+    ctrl = sweep.net.controls
+    if not isinstance(ctrl, GridControls):
+        raise PdenetsError(f"{what} needs GridControls (knot values on a control grid), got "
+                           f"{type(ctrl).__name__}")
+    return ctrl
+
+
 def stage_hamiltonian_gradients(sweep: Sweep, alpha: float = 0.0):
     """∇_θ H(t_s) at every stage, in control-grid coordinates (plain partial derivatives with
     respect to the vertex values of w(·,·,t_s) and b(·,t_s)).
@@ -39,7 +49,7 @@ def stage_hamiltonian_gradients(sweep: Sweep, alpha: float = 0.0):
     if sweep.Lam is None:
         raise PdenetsError("run costate_sweep first")
     net = sweep.net
-    ctrl = net.controls
+    ctrl = _grid_controls(sweep, "stage_hamiltonian_gradients")
     with torch.no_grad():
         Wt = torch.einsum("sj,jab->sab", sweep.knot_weights, ctrl.w)
         Bt = sweep.knot_weights @ ctrl.b
@@ -66,7 +76,7 @@ def hamiltonian(sweep: Sweep, alpha: float = 0.0) -> torch.Tensor:
     lam = sweep.Lam / sweep.weights[:, None, None]
     H = -(lam * sweep.slopes_tensor()).sum((1, 2))
     if alpha:
-        ctrl = sweep.net.controls
+        ctrl = _grid_controls(sweep, "hamiltonian with alpha > 0")
         M = _mass(ctrl)
         with torch.no_grad():
             Wt = torch.einsum("sj,jab->sab", sweep.knot_weights, ctrl.w)
@@ -186,7 +196,8 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
     with torch.enable_grad():
         J = objective(net, xs, ys, disc)
         gJw, gJb = torch.autograd.grad(J, [ctrl.w, ctrl.b])
-    beta_w = beta_b = 0.0
+    beta_w: torch.Tensor | float = 0.0
+    beta_b: torch.Tensor | float = 0.0
     if objective.beta:
         gw_b, gb_b = torch.autograd.grad(0.5 * objective.beta * dsq, [tmp.w, tmp.b])
         beta_w, beta_b = gw_b, gb_b
@@ -201,6 +212,7 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
     knot_gj = _dual_sq(gJw, gJb, Minv).clamp_min(0).sqrt() / mj
     acc = None
     if objective.loss == "cross_entropy":
+        assert sw.outputs is not None, "costate_sweep above fills the outputs"
         acc = float((sw.outputs.argmax(1) == ys).double().mean())
     T = float(net.T)
     mean_res = float((sw.weights * res).sum()) / T

@@ -16,8 +16,10 @@ from ..adjoint import _knot_weights
 from ..controls import GridControls
 from ..errors import PdenetsError
 from ..integrators import ExplicitRK, Stage, integrate
+from ..kernels import KernelControls
 from ..network import ContinuumNetwork, Discretization
 from ..objective import data_loss
+from ..quadrature import Grid
 
 # ------------------------------------------------------------------------------------------
 # state and costate sweeps
@@ -51,7 +53,7 @@ class Sweep:
 
     net: ContinuumNetwork
     disc: Discretization
-    grid: object
+    grid: Grid
     times: torch.Tensor
     weights: torch.Tensor
     t0: list[float]
@@ -76,8 +78,6 @@ class Sweep:
 def check_network(net: ContinuumNetwork, disc: Discretization, kernels: bool = False) -> None:
     """Raise unless the PMP machinery applies: grid controls (or, with ``kernels``, structured
     :class:`~pdenets.kernels.KernelControls` of MODEL.md §10) and a fixed-step explicit RK."""
-    from ..kernels import KernelControls
-
     ctrl = net.controls
     if not isinstance(ctrl, GridControls):
         if isinstance(ctrl, KernelControls):
@@ -113,9 +113,11 @@ def forward_sweep(net: ContinuumNetwork, inputs: torch.Tensor,
     check_network(net, disc, kernels=True)
     grid = net.grid(disc.width)
     u = net.initial_state(inputs, grid)
-    sched = net.controls.discretize(grid)
+    ctrl = net.controls
+    assert isinstance(ctrl, (GridControls, KernelControls)), "check_network admits only these"
+    sched = ctrl.discretize(grid)
     system = net.dynamics.system(sched, grid)
-    nk = net.controls.n_knots
+    nk = ctrl.n_knots
     times, weights, t0s, t1s, ys, ks, kw = [], [], [], [], [], [], []
 
     def record(st: Stage) -> None:
