@@ -28,11 +28,7 @@ log = logging.getLogger("mkdocs.hooks.pdenets")
 
 _MODEL_ENV = "PDENETS_MODEL_MD"
 # examples announced in the issue that wait for library features (title, what it will show)
-_PLACEHOLDERS = [
-    ("Hybrid PDEBlock model",
-     "A model that mixes ordinary layers with a continuum `PDEBlock`. This example will be "
-     "added together with `PDEBlock`, which is not part of pdenets yet."),
-]
+_PLACEHOLDERS: list[tuple[str, str]] = []  # every announced example exists now
 
 
 def _root(config) -> Path:

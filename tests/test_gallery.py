@@ -45,7 +45,7 @@ def gallery_run(name: str, out: Path) -> dict:
 
 def test_gallery_lists_the_expected_examples():
     assert set(GALLERY) >= {"discretization_invariance", "adjoint_memory", "pmp_diagnostic",
-                            "hjb_closed_loop", "steady_states"}
+                            "hjb_closed_loop", "steady_states", "hybrid_pdeblock"}
     for name in GALLERY:  # each has a docstring: title, what it shows, MODEL.md section
         text = (EXAMPLES / f"{name}.py").read_text()
         assert text.startswith('"""') and "MODEL.md §" in text.split('"""')[1], name
@@ -197,3 +197,15 @@ def test_figures_are_replaced_atomically(tmp_path, gallery_helpers):
     # the previous figure is intact and no temporary file is left
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
+def test_hybrid_pdeblock(tmp_path):
+    r = gallery_run("hybrid_pdeblock", tmp_path)
+    # a plain PyTorch loop trains the hybrid model: the loss falls from about log 10 and the
+    # test accuracy is far above chance (0.1) after the fast mode's few epochs
+    losses = np.array(r["losses"])
+    assert abs(losses[0] - np.log(10)) < 0.3 and losses[-3:].mean() < 0.75 * losses[0]
+    assert r["test_accuracy"] > 0.5
+    # the trained block is a continuum model: at 2× width and steps its outputs barely move
+    assert r["relative_output_change_refined"] < 1e-2
+    assert abs(r["test_accuracy_refined"] - r["test_accuracy"]) <= 0.01
