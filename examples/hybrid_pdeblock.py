@@ -14,13 +14,10 @@ Run ``python examples/hybrid_pdeblock.py [--fast] [--out DIR] [--json] [--thread
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
-import tempfile
 from pathlib import Path
 
+import _gallery
 import numpy as np
 import torch
 from torch import nn
@@ -28,36 +25,6 @@ from torch import nn
 import pdenets as pn
 
 NAME = Path(__file__).stem
-FAST_ENV = "PDENETS_GALLERY_FAST"
-
-
-def fail(message: str) -> None:
-    print(f"{NAME}.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"{NAME}.py", description=__doc__.strip().splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "pdenets-gallery",
-                   help="directory for the figure (default: %(default)s)")
-    p.add_argument("--fast", action="store_true",
-                   help=f"small sizes for the test suite (also: {FAST_ENV}=1)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1; 0 = torch's default)")
-    args = p.parse_args(argv)
-    args.fast = args.fast or os.environ.get(FAST_ENV, "") not in ("", "0")
-    if args.threads < 0:
-        fail(f"--threads must be >= 0, got {args.threads}")
-    if args.out.exists() and not args.out.is_dir():
-        fail(f"--out {args.out} exists and is not a directory")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create --out {args.out}: {e.strerror}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return args
 
 
 def digits() -> tuple[torch.Tensor, ...]:
@@ -90,7 +57,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = _gallery.parse_args(__doc__, argv)
     x_tr, y_tr, x_te, y_te = digits()
     epochs, batch = (3, 64) if args.fast else (20, 64)
     if args.fast:
@@ -119,7 +86,7 @@ def main(argv=None) -> None:
         acc_fine = float((fine.argmax(1) == y_te).float().mean())
         gap = float((fine - ref).norm() / ref.norm())
 
-    plt = _pyplot()
+    plt = _gallery.pyplot()
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.8))
     a0.semilogy(np.arange(1, len(losses) + 1), losses, lw=1)
     a0.set_xlabel("iteration")
@@ -132,7 +99,7 @@ def main(argv=None) -> None:
     a1.set_ylim(0, 1)
     a1.legend(loc="lower right")
     fig.tight_layout()
-    figure = _save(fig, args.out)
+    figure = _gallery.save_figure(fig, args.out, NAME)
 
     payload = {"figure": str(figure), "epochs": epochs, "losses": losses, "test_accuracy": acc,
                "test_accuracy_per_epoch": test_acc, "test_accuracy_refined": acc_fine,
@@ -146,33 +113,6 @@ def main(argv=None) -> None:
         print(f"test accuracy: {acc_fine:.4f} at 2x width and steps "
               f"(logits change {gap:.2e} relative)")
         print(f"figure: {figure}")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path) -> Path:
-    """Render to ``out/NAME.png`` through a temporary file and :func:`os.replace` (atomic)."""
-    import matplotlib.pyplot as plt
-
-    target = out / f"{NAME}.png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{NAME}-", suffix=".png.tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return target
 
 
 if __name__ == "__main__":
