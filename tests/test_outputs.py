@@ -178,6 +178,22 @@ def test_train_twice_into_the_same_directory(tmp_path, capsys):
     assert not leftovers(tmp_path / "runs", "iris")
 
 
+def test_train_keeps_user_files_in_a_directory_named_like_its_work_directory(tmp_path, capsys):
+    """A user's directory that happens to be called OUT.partial, holding files with the names
+    a run writes (config.toml, a plot), is not a pdenets work directory: refused, untouched."""
+    out = tmp_path / "runs" / "iris"
+    work = tmp_path / "runs" / "iris.partial"
+    work.mkdir(parents=True)
+    (work / "config.toml").write_text("mine")
+    (work / "curves.png").write_bytes(b"mine")
+    msg = one_line_error(capsys, main(["train", "--quiet", "--no-plots", *TRAIN,
+                                       "--out", str(out)]))
+    assert "not the work directory of a pdenets training run" in msg
+    assert (work / "config.toml").read_text() == "mine"
+    assert (work / "curves.png").read_bytes() == b"mine"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("target", ["cwd", "dot", "parent", "ancestor", "empty", "file",
                                     "dangling"])
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -291,12 +307,14 @@ def test_lock_unlink_race(tmp_path, monkeypatch):
 
 
 def forked(argv) -> int:
-    """Run ``pdenets ARGV`` in a child process (fork); returns its pid."""
+    """Run ``pdenets ARGV`` in a child process (fork); returns its pid. The child runs with one
+    intra-op thread: it must not enter an OpenMP pool its parent started (libgomp is not
+    fork-safe; the child would wait forever)."""
     pid = os.fork()
     if pid == 0:
         code = 97
         try:
-            code = main(argv)
+            code = main([argv[0], "--threads", "1", *argv[1:]])
         finally:
             os._exit(code)
     return pid

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,10 @@ SETS = ["data.name=iris", "train.epochs=12", "train.patience=1", "train.lr=0.02"
         "train.schedule=constant", "train.keep=best", "train.checkpoint_every=2",
         "train.batch_size=32", "model.steps=4", "model.intervals=2", "model.width=8",
         "model.control_size=5"]
-ARGS = ["train", "--quiet", "--no-plots", *sum([["--set", s] for s in SETS], [])]
+# one intra-op thread: the killed runs are forked children, and a forked child must not enter
+# an OpenMP pool its parent started (libgomp is not fork-safe: the child would wait forever)
+ARGS = ["train", "--quiet", "--no-plots", "--threads", "1",
+        *sum([["--set", s] for s in SETS], [])]
 TIMING = {"seconds", "samples_per_second", "train_seconds", "wall_seconds", "out"}
 
 
@@ -70,8 +74,16 @@ def killed_run(out: Path, point: str, n: int) -> int:
             code = main([*ARGS, "--out", str(out)])
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    deadline = time.monotonic() + 300
+    while True:  # never hang the suite on a stuck child: fail instead
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the child run ({point}, n={n}) did not finish within 300 s")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

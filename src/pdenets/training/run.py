@@ -29,20 +29,32 @@ RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoint.safetensors", "model.sa
              "metrics.json")
 
 
+#: an empty file that marks ``OUT.partial`` as the work directory of a pdenets training run:
+#: only then are the run's own file names in it cleared by a new run
+WORK_SENTINEL = ".pdenets-work"
+
+
 def _partial(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
 def _clear_work(work: Path, shown: str) -> None:
     """Remove the files of an earlier, unfinished run from its work directory ``work``
-    (``OUT.partial``); refuse when it holds files a training run does not write."""
+    (``OUT.partial``); refuse when it is not marked as one (:data:`WORK_SENTINEL`, written when
+    a run creates it) or holds files a training run does not write."""
     if not work.exists():
         return
     if not work.is_dir():
         raise PdenetsError(f"{str(work)!r} exists and is not a directory; move it away to "
                            f"train into {shown!r}")
+    entries = sorted(os.listdir(work))
+    if entries and WORK_SENTINEL not in entries:
+        raise PdenetsError(f"{str(work)!r} holds files but is not the work directory of a "
+                           f"pdenets training run; move it away to train into {shown!r}")
     foreign = []
-    for e in sorted(os.listdir(work)):
+    for e in entries:
+        if e == WORK_SENTINEL:
+            continue
         if (e in RUN_FILES or e == MARKER or e.endswith(".png") or is_temp_name(e)) \
                 and (work / e).is_file():
             (work / e).unlink()
@@ -193,6 +205,7 @@ def _run(cfg: Config, out: Path, resume: bool, progress: bool, plots: bool, over
                 trainer.load_checkpoint(ckpt)
             try:
                 work.mkdir(exist_ok=True)
+                (work / WORK_SENTINEL).touch()
             except OSError as e:
                 raise PdenetsError(f"cannot write output directory {str(out)!r}: "
                                    f"{e.strerror or e}") from None
@@ -231,5 +244,6 @@ def _run(cfg: Config, out: Path, resume: bool, progress: bool, plots: bool, over
             remove_temp_files(work)
             with contextlib.suppress(OSError):
                 (work / MARKER).unlink(missing_ok=True)
+                (work / WORK_SENTINEL).unlink(missing_ok=True)
                 work.rmdir()
     return metrics
