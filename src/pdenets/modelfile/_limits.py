@@ -171,6 +171,29 @@ def _check_tensor_values(name: str, t: torch.Tensor) -> None:
                              f"{float(t.abs().max()):.3g} > {MAX_ABS_VALUE:g}")
 
 
+def _check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, tuple]) -> set:
+    """The tensor checks of both format versions: exactly the ``expected`` names, float32 or
+    float64, the expected shapes, values within the limits (:func:`_check_tensor_values`).
+    Returns the set of dtypes."""
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise ModelFileError(f"model file: unexpected tensor(s) {', '.join(unexpected)[:200]}")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ModelFileError(f"model file: missing tensor(s) {', '.join(missing)}")
+    dtypes = {t.dtype for t in tensors.values()}
+    if not dtypes <= {torch.float32, torch.float64}:
+        raise ModelFileError(f"model file: tensors must be float32/float64, got {dtypes}")
+    for name, shp in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shp:
+            raise ModelFileError(
+                f"model file: tensor {name} has shape {tuple(t.shape)}, expected {shp}"
+            )
+        _check_tensor_values(name, t)
+    return dtypes
+
+
 def _probe_cost(net: ContinuumNetwork) -> int:
     """Multiply-adds of :func:`_probe` at most (dopri5: ``PROBE_DOPRI5_STEPS`` attempts)."""
     disc, ctrl = net.discretization, net.controls

@@ -32,7 +32,7 @@ from ._limits import (
     VERSION,
     _check_extra,
     _check_sizes_against_tensors,
-    _check_tensor_values,
+    _check_tensors,
     _check_work,
     _solver_options,
 )
@@ -138,22 +138,7 @@ def _build(meta: dict, tensors: dict[str, torch.Tensor], activation: Activation 
         raise
     except PdenetsError as e:
         raise ModelFileError(f"model file: {e}") from None
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise ModelFileError(f"model file: unexpected tensor(s) {', '.join(unexpected)[:200]}")
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ModelFileError(f"model file: missing tensor(s) {', '.join(missing)}")
-    dtypes = {t.dtype for t in tensors.values()}
-    if not dtypes <= {torch.float32, torch.float64}:
-        raise ModelFileError(f"model file: tensors must be float32/float64, got {dtypes}")
-    for name, shp in expected.items():
-        t = tensors[name]
-        if tuple(t.shape) != shp:
-            raise ModelFileError(
-                f"model file: tensor {name} has shape {tuple(t.shape)}, expected {shp}"
-            )
-        _check_tensor_values(name, t)
+    dtypes = _check_tensors(tensors, expected)
     net = ContinuumNetwork(ctrl, dynamics, lifting, readout, disc)
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     net = net.to(dtype)

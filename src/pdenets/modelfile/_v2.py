@@ -38,7 +38,7 @@ from ..network import ContinuumNetwork, Discretization
 from ..quadrature import make_rule
 from ..readout import CellAverageReadout, LinearReadout
 from ._fields import _get, _int_list, _opt_str
-from ._limits import MAX_OUTPUTS, MAX_STEPS
+from ._limits import MAX_OUTPUTS, MAX_STEPS, _check_tensors
 
 VERSION_2 = 2
 MAX_CHANNELS = 256
@@ -182,21 +182,7 @@ def _build_v2(meta: dict, tensors: dict[str, torch.Tensor], activation: Activati
         raise ModelFileError(f"model file: unknown readout kind {rkind!r}")
     steps = _v2_int(dm, "steps", "discretization", 1, MAX_STEPS)
     # compare with the file's own tensors before allocating anything
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise ModelFileError(f"model file: unexpected tensor(s) {', '.join(unexpected)}")
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ModelFileError(f"model file: missing tensor(s) {', '.join(missing)}")
-    dtypes = {t.dtype for t in tensors.values()}
-    if not dtypes <= {torch.float32, torch.float64}:
-        raise ModelFileError(f"model file: tensors must be float32/float64, got {dtypes}")
-    for name, shp in expected.items():
-        if tuple(tensors[name].shape) != shp:
-            raise ModelFileError(f"model file: tensor {name} has shape "
-                                 f"{tuple(tensors[name].shape)}, expected {shp}")
-        if not bool(torch.isfinite(tensors[name]).all()):
-            raise ModelFileError(f"model file: tensor {name} contains NaN or Inf")
+    dtypes = _check_tensors(tensors, expected)
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     try:
         dynamics = make_dynamics(_get(dyn, "kind", str, "dynamics"), act,
