@@ -181,3 +181,24 @@ def basis_prolong(size_from: tuple[int, ...], size_to: tuple[int, ...], basis: s
     if basis == "linear":
         return prolong(size_from, size_to, dtype)
     return basis_matrix(basis_nodes(size_to, basis, dtype), size_from, basis)
+
+
+def time_grams(T: float, intervals: int, time_basis: str, dtype=torch.float64):
+    """``(G_mass, G_jump)``: K×K matrices with ∫_0^T ‖θ(t)‖² dt = Σ_kl G_mass[k,l] ⟨θ_k, θ_l⟩ and
+    the β term Σ_k ‖θ_{k+1} − θ_k‖² / Δ = Σ_kl G_jump[k,l] ⟨θ_k, θ_l⟩ for knot values θ_k of
+    the depth interpolation (``linear``: the P1 mass matrix of the knots; ``constant``: Δ·I)."""
+    delta = T / intervals
+    K = intervals + (1 if time_basis == "linear" else 0)
+    if time_basis == "constant":
+        mass = delta * torch.eye(K, dtype=dtype)
+    else:  # ∫ over [t_k, t_k+1] of ((1-s) a + s b)² = Δ/3 (a² + ab + b²)
+        mass = torch.zeros(K, K, dtype=dtype)
+        for k in range(K - 1):
+            mass[k, k] += delta / 3
+            mass[k + 1, k + 1] += delta / 3
+            mass[k, k + 1] += delta / 6
+            mass[k + 1, k] += delta / 6
+    D = torch.zeros(max(K - 1, 0), K, dtype=dtype)
+    for k in range(K - 1):
+        D[k, k], D[k, k + 1] = -1.0, 1.0
+    return mass, (D.T @ D) / delta

@@ -173,6 +173,26 @@ class GridControls(Controls):
         """Exact Gram matrix of the gradients of the (linear) space basis, cached likewise."""
         return self._constant("stiffness", _basis.basis_stiffness)
 
+    def mass_factor(self) -> torch.Tensor:
+        """L with ``mass_matrix() = L Lᵀ``: the vector of square roots of the diagonal for the
+        ``constant`` basis (a diagonal mass matrix), the Cholesky factor otherwise; cached."""
+        def build(size, basis, dtype):
+            M = _basis.basis_mass(size, basis, torch.float64)
+            if basis != "linear":
+                return M.diagonal().sqrt().to(dtype)
+            return torch.linalg.cholesky(M).to(dtype)
+        return self._constant("mass_factor", build)
+
+    def time_grams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The depth Gram matrices of the knots (:func:`pdenets._basis.time_grams`), cached
+        per T, intervals, basis, dtype and device."""
+        cache: dict = self.__dict__.setdefault("_constants", {})
+        key = ("time", self.T, self.intervals, self.time_basis, self.w.dtype, self.w.device)
+        if key not in cache:
+            cache[key] = tuple(g.to(self.w.dtype).to(self.w.device)
+                               for g in _basis.time_grams(self.T, self.intervals, self.time_basis))
+        return cache[key]
+
     def _constant(self, name: str, build) -> torch.Tensor:
         cache: dict = self.__dict__.setdefault("_constants", {})
         key = (name, self.size, self.space_basis, self.w.dtype, self.w.device)

@@ -76,14 +76,42 @@ def _time_integral(ctrl: GridControls, form) -> torch.Tensor:
     return (delta / 3.0) * (diag[:-1].sum() + diag[1:].sum() + cross.sum())
 
 
+def _knot_gram(ctrl: GridControls) -> torch.Tensor:
+    """The K×K Gram matrix ⟨θ_k, θ_l⟩ of the knot values in L²(Ω×Ω) × L²(Ω) — one product.
+
+    With the space mass matrix M = L Lᵀ (diagonal for the ``constant`` basis),
+    ⟨W_k, W_l⟩ = tr(W_kᵀ M W_l M) is the Euclidean product of Lᵀ W_k L and Lᵀ W_l L, and
+    ⟨b_k, b_l⟩ = b_k M b_lᵀ that of b_k L and b_l L, so every knot becomes one row X_k and the
+    Gram matrix is X Xᵀ."""
+    W, Bv = ctrl.w, ctrl.b
+    K = W.shape[0]
+    L = ctrl.mass_factor()
+    if L.dim() == 1:  # diagonal mass: L = diag(l)
+        Wh = W * (L[:, None] * L[None, :])
+        Bh = Bv * L
+    else:
+        Wh = L.T @ W @ L
+        Bh = Bv @ L
+    X = torch.cat((Wh.reshape(K, -1), Bh.reshape(K, -1)), 1)
+    return X @ X.T
+
+
 def control_norms(ctrl: GridControls, spatial: bool = False):
     """Exact integrals of the controls (differentiable in the knot values):
 
     ``(∫_0^T ‖w‖² + ‖b‖² dt, ∫_0^T ‖∂_t w‖² + ‖∂_t b‖² dt)`` and, with ``spatial=True``, a third
     entry ``∫_0^T ‖∇_x w‖² + ‖∇_y w‖² + ‖∇_x b‖² dt`` (norms in L²(Ω×Ω) and L²(Ω)).
+
+    Both norms are quadratic forms of the knot Gram matrix (see
+    :func:`pdenets._basis.time_grams`), so a training step computes them with a handful of
+    tensor operations whatever the number of knots.
     """
-    M = ctrl.mass_matrix()
-    W, Bv = ctrl.w, ctrl.b
+    G = _knot_gram(ctrl)
+    Tm, Tj = ctrl.time_grams()
+    sq, dsq = (Tm * G).sum(), (Tj * G).sum()
+    if not spatial:
+        return sq, dsq
+    M, W, Bv = ctrl.mass_matrix(), ctrl.w, ctrl.b
 
     # <U, V> for the kernel with Gram matrices L (first variable x) and R (second variable y):
     # Σ U_ab V_cd L_ac R_bd = sum((L U) ⊙ (V R))
@@ -96,15 +124,6 @@ def control_norms(ctrl: GridControls, spatial: bool = False):
     def both(fw, fb):
         return lambda i, j: fw(i, j) + fb(i, j)
 
-    sq = _time_integral(ctrl, both(w_form(M, M), b_form(M)))
-    if ctrl.n_knots > 1:
-        delta = ctrl.T / ctrl.intervals
-        dW, dB = W[1:] - W[:-1], Bv[1:] - Bv[:-1]
-        dsq = ((torch.matmul(M, dW) * torch.matmul(dW, M)).sum() + ((dB @ M) * dB).sum()) / delta
-    else:
-        dsq = W.new_zeros(())
-    if not spatial:
-        return sq, dsq
     S = ctrl.stiffness_matrix()
     grad = _time_integral(ctrl, both(lambda i, j: w_form(S, M)(i, j) + w_form(M, S)(i, j),
                                      b_form(S)))
