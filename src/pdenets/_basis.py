@@ -156,6 +156,21 @@ def basis_matrix(nodes: torch.Tensor, size: tuple[int, ...], basis: str) -> torc
     return P.scatter_(1, idx[:, None], 1.0)
 
 
+def grid_matrix(grid, size: tuple[int, ...], basis: str, dtype) -> torch.Tensor | None:
+    """The evaluation matrix :func:`basis_matrix` at the nodes of ``grid`` in ``dtype``, built
+    once per grid and cached on it (every forward pass reads it: no rebuild, no host-to-device
+    copy); ``None`` when it is the identity (the control grid *is* the width grid, e.g. one
+    piecewise-constant cell per midpoint node), so callers skip the products."""
+    key = ("basis-matrix", tuple(size), basis, dtype)
+    cache = grid._cache
+    if key not in cache:
+        P = basis_matrix(grid.nodes, tuple(size), basis).to(dtype)
+        ident = P.shape[0] == P.shape[1] and bool(
+            torch.equal(P, torch.eye(P.shape[0], dtype=dtype, device=P.device)))
+        cache[key] = None if ident else P
+    return cache[key]
+
+
 def basis_mass(size: tuple[int, ...], basis: str, dtype=torch.float64) -> torch.Tensor:
     """Exact L²([0,1]^d) Gram matrix of the basis (diagonal 1/#cells for ``constant``)."""
     if basis == "linear":

@@ -215,13 +215,14 @@ class GridControls(Controls):
     def discretize(self, grid: Grid) -> KernelSchedule:
         if grid.dim != self.dim:
             raise PdenetsError(f"controls are {self.dim}-D but the width grid is {grid.dim}-D")
-        key = ("control-basis", self.size, self.space_basis, self.w.dtype)
-        P = grid._cache.get(key)
-        if P is None:  # the evaluation matrix at the nodes: once per grid
-            P = grid._cache[key] = self.basis_matrix(grid.nodes).to(grid.nodes.device)
-        A = torch.matmul(torch.matmul(P, self.w), P.T) * grid.weights.to(self.w.dtype)
-        b = self.b @ P.T
-        return _KnotSchedule(A, b, self.T, self.time_basis, grid.weights.to(self.w.dtype))
+        P = _basis.grid_matrix(grid, self.size, self.space_basis, self.w.dtype)
+        wts = grid.weights.to(self.w.dtype)
+        if P is None:  # the control grid is the width grid
+            A, b = self.w * wts, self.b
+        else:
+            A = torch.matmul(torch.matmul(P, self.w), P.T) * wts
+            b = self.b @ P.T
+        return _KnotSchedule(A, b, self.T, self.time_basis, wts)
 
     # -- construction helpers ------------------------------------------------------------
     @classmethod

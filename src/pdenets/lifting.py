@@ -112,8 +112,8 @@ class LearnableLifting(Lifting):
 
     def forward(self, xi: torch.Tensor, grid: Grid) -> torch.Tensor:
         xi = self.flatten(xi).to(self.phi.dtype)
-        P = _basis.basis_matrix(grid.nodes, self.size, self.basis).to(self.phi.dtype)
-        return xi @ (self.phi @ P.T)
+        P = _basis.grid_matrix(grid, self.size, self.basis, self.phi.dtype)
+        return xi @ (self.phi if P is None else self.phi @ P.T)
 
     def config(self) -> dict:
         return {"kind": "learnable", "shape": list(self.shape), "size": list(self.size),

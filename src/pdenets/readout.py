@@ -84,8 +84,8 @@ class LinearReadout(Readout):
         self.d = nn.Parameter(d.clone())
 
     def matrix(self, grid):
-        P = _basis.basis_matrix(grid.nodes, self.size, self.basis).to(self.c.dtype)
-        R = (self.c @ P.T) * grid.weights.to(self.c.dtype)
+        P = _basis.grid_matrix(grid, self.size, self.basis, self.c.dtype)
+        R = (self.c if P is None else self.c @ P.T) * grid.weights.to(self.c.dtype)
         return R.reshape(self.outputs, -1), self.d
 
     def config(self) -> dict:

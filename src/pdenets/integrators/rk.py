@@ -12,8 +12,8 @@ from .tableau import ButcherTableau
 def _axpy(y, alpha: float, k):
     """y + alpha·k for a tensor or a tuple state (extra slope components are ignored)."""
     if isinstance(y, tuple):
-        return tuple(yi + alpha * ki for yi, ki in zip(y, k))
-    return y + alpha * k
+        return tuple(torch.add(yi, ki, alpha=alpha) for yi, ki in zip(y, k))
+    return torch.add(y, k, alpha=alpha)
 
 
 def rk_step(tableau: ButcherTableau, system, t0: float, h: float, y, stats: Stats, k1=None):

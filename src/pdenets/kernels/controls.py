@@ -118,8 +118,8 @@ class KernelControls(Controls):
 
     def bias_knots(self, grid: Grid) -> torch.Tensor:
         """b at the nodes, ``(K, C·N)``."""
-        P = _basis.basis_matrix(grid.nodes, self.size, self.space_basis).to(self.b.dtype)
-        return (self.b @ P.T).reshape(self.n_knots, -1)
+        P = _basis.grid_matrix(grid, self.size, self.space_basis, self.b.dtype)
+        return (self.b if P is None else self.b @ P.T).reshape(self.n_knots, -1)
 
     def discretize(self, grid: Grid) -> KernelSchedule:
         if grid.dim != self.dim:

@@ -60,8 +60,9 @@ class DenseKernel(Kernel):
         return True
 
     def dense_knots(self, grid):
-        P = _basis.basis_matrix(grid.nodes, self.size, self.space_basis).to(self.w.dtype)
-        A = torch.matmul(torch.matmul(P, self.w), P.T) * grid.weights.to(self.w.dtype)
+        P = _basis.grid_matrix(grid, self.size, self.space_basis, self.w.dtype)
+        A = self.w if P is None else torch.matmul(torch.matmul(P, self.w), P.T)
+        A = A * grid.weights.to(self.w.dtype)
         return _blocks(A)
 
     def knot_tensors(self, grid):

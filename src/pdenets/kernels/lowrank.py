@@ -51,8 +51,8 @@ class LowRankKernel(Kernel):
         self.h = nn.Parameter(_init_param(h, shape, "h", dtype))
 
     def _nodal(self, V: torch.Tensor, grid: Grid) -> torch.Tensor:
-        P = _basis.basis_matrix(grid.nodes, self.size, self.space_basis).to(V.dtype)
-        X = V @ P.T  # (K, C, R, N)
+        P = _basis.grid_matrix(grid, self.size, self.space_basis, V.dtype)
+        X = V if P is None else V @ P.T  # (K, C, R, N)
         K, C, R, N = X.shape
         return X.permute(0, 1, 3, 2).reshape(K, C * N, R)
 

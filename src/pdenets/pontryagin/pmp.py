@@ -187,7 +187,7 @@ def pmp_residual(net: ContinuumNetwork, inputs: torch.Tensor, targets: torch.Ten
     tmp.w, tmp.b = torch.nn.Parameter(W), torch.nn.Parameter(Bv)
     sq, dsq = control_norms(tmp)
     gw_a, gb_a = torch.autograd.grad(0.5 * objective.alpha * sq, [tmp.w, tmp.b],
-                                     allow_unused=True)
+                                     allow_unused=True, retain_graph=True)  # dsq shares it
     if gw_a is not None:
         Pw = Pw - gw_a
         Pb = Pb - gb_a
