@@ -123,3 +123,22 @@ def test_bad_facts_raise():
         Activation("x", sw.fn, sw.derivative, second_derivative=2.0)  # type: ignore[arg-type]
     with pytest.raises(PdenetsError, match="first_and_second must be callable"):
         Activation("x", sw.fn, sw.derivative, first_and_second="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 5e-16), (torch.float32, 3e-7)])
+def test_tanh_as_logistic_identity_matches_tanh_to_rounding(dtype, tol):
+    """The CPU evaluation 2σ(2z) − 1 of tanh (and of its derivatives, in place and under
+    autograd) against math.tanh in float64 — an independent reference."""
+    act = get_activation("tanh")
+    z = torch.cat([torch.linspace(-30.0, 30.0, 20001), torch.logspace(-12, 1, 200)]).to(dtype)
+    ref = torch.tensor([math.tanh(v) for v in z.double().tolist()], dtype=torch.float64)
+    assert (act.fn(z).double() - ref).abs().max() <= tol
+    assert (act.apply_(z.clone()).double() - ref).abs().max() <= tol
+    d1, d2 = act.derivatives(z)
+    assert (d1.double() - (1 - ref**2)).abs().max() <= 4 * tol
+    assert (d2.double() - (-2 * ref * (1 - ref**2))).abs().max() <= 8 * tol
+    zg = z.clone().requires_grad_(True)
+    y = act.apply_(zg * 1.0)  # a temporary, under autograd
+    (g,) = torch.autograd.grad(y.sum(), zg)
+    assert (y.detach().double() - ref).abs().max() <= tol
+    assert (g.double() - (1 - ref**2)).abs().max() <= 8 * tol

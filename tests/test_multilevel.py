@@ -84,6 +84,15 @@ def test_level_configs_coarsen_by_two():
     cs = level_configs(load_config(None, SMALL + ["train.level_coarsen=discretization"]), ds)
     assert [c.model.control_size for c in cs] == [5, 5]
     assert [c.model.steps for c in cs] == [2, 4]
+    cs = level_configs(load_config(None, SMALL + ["train.level_coarsen=depth"]), ds)
+    assert [c.model.steps for c in cs] == [2, 4] and [c.model.width for c in cs] == [8, 8]
+    assert [c.model.control_size for c in cs] == [5, 5]
+    cs = level_configs(load_config(None, SMALL + ["train.level_coarsen=none",
+                                                  "train.level_solver=euler"]), ds)
+    assert [c.model.steps for c in cs] == [4, 4] and [c.model.width for c in cs] == [8, 8]
+    assert [c.model.solver for c in cs] == ["euler", cfg.model.solver]
+    with pytest.raises(ConfigError, match="level_solver"):
+        load_config(None, SMALL + ["train.level_solver=rk5"])
     with pytest.raises(ConfigError, match="level_epochs"):
         load_config(None, SMALL + ["train.level_epochs=1,2,3"])
     with pytest.raises(ConfigError, match="level_method"):
@@ -109,6 +118,29 @@ def test_multilevel_trains_with_every_optimizer(method, extra):
     assert res.best_epoch in (3, 4)  # best selection within the finest level
     if method == "msa":
         assert "msa_fallbacks" in res.history[-1] and "msa_fallbacks" in res.metrics
+
+
+def test_euler_then_rk4_levels_train_the_same_controls_and_end_at_the_fine_solver():
+    """level_coarsen = none, level_solver = euler: the coarse level is the explicit-Euler
+    ResNet of the same controls; the level change is an exact copy (same functions, so the
+    same outputs at any discretization) and the result carries the configured solver."""
+    cfg = load_config(None, SMALL + ["train.level_coarsen=none", "train.level_solver=euler",
+                                     "train.level_epochs=2,1", "train.lr=0.05"])
+    ds = load_dataset("iris")
+    tr = MultilevelTrainer(cfg, ds)
+    assert isinstance(tr.disc.solver, pn.Euler)
+    tr.fit(max_epochs=2)
+    fine_disc = tr.method._template(1).discretization
+    assert isinstance(fine_disc.solver, type(pn.make_solver(cfg.model.solver)))
+    x = torch.as_tensor(ds.x_test, dtype=torch.float64)
+    with torch.no_grad():
+        coarse_out = tr.net(x, fine_disc)
+        tr.method._advance(tr)
+        assert torch.allclose(tr.net(x, fine_disc), coarse_out, rtol=0, atol=1e-13)
+    res = tr.fit()
+    assert isinstance(res.net.discretization.solver, type(fine_disc.solver))
+    assert res.net.discretization.steps == cfg.model.steps
+    assert [h["level"] for h in res.history] == [0, 0, 1]
 
 
 def test_multilevel_resume_across_level_change_equals_uninterrupted(tmp_path):

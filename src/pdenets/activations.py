@@ -124,24 +124,48 @@ class Activation:
         return self.derivatives(z)[1]
 
 
+def _sigmoid_form(z: torch.Tensor) -> bool:
+    """Whether tanh is evaluated as 2σ(2z) − 1 (see :func:`_tanh`)."""
+    return z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
+
+
+def _tanh(z: torch.Tensor) -> torch.Tensor:
+    """tanh z. On CPU (float32, float64) it is evaluated as 2σ(2z) − 1: PyTorch's CPU kernel of
+    tanh is scalar, its sigmoid is vectorized, and the identity costs a fifth of the time
+    (1024×256 float32 on one core: 0.26 ms against 1.4 ms; float64 0.7 against 2.8 ms), which
+    was a third of every RK stage. The deviation from ``torch.tanh`` is at the rounding level
+    (absolute, ≤ 2 ulp of 1: 4.4e-16 in float64, 2.4e-7 in float32). Elsewhere ``torch.tanh``."""
+    if _sigmoid_form(z):
+        return torch.sigmoid(2.0 * z).mul(2.0).sub_(1.0)
+    return torch.tanh(z)
+
+
 def _tanh_d(z: torch.Tensor) -> torch.Tensor:
+    if _sigmoid_form(z):
+        s = torch.sigmoid(2.0 * z)
+        return 4.0 * s * (1.0 - s)
     t = torch.tanh(z)
     return 1.0 - t * t
 
 
 def _tanh_(z: torch.Tensor) -> torch.Tensor:
-    """In-place tanh. On CPU in float32 without autograd it is evaluated as 2σ(2z) − 1, which
-    PyTorch's CPU kernels compute about 2.4× faster than tanh (max deviation from
-    ``torch.tanh`` 2e-7, the float32 rounding level); otherwise ``torch.tanh_``."""
-    if (z.dtype == torch.float32 and z.device.type == "cpu"
-            and not (torch.is_grad_enabled() and z.requires_grad)):
+    """tanh of the temporary ``z``, overwriting it where autograd allows (as :func:`_tanh`)."""
+    if _sigmoid_form(z):
+        if torch.is_grad_enabled() and z.requires_grad:
+            # σ keeps its output for the backward pass: the affine map makes a new tensor
+            return torch.sigmoid(z.mul_(2.0)).mul(2.0).sub_(1.0)
         return z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
     return z.tanh_()
 
 
 def _tanh_d12(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.tanh(z)
-    d1 = 1.0 - t * t
+    if _sigmoid_form(z):
+        s = torch.sigmoid(2.0 * z)
+        t = 2.0 * s - 1.0
+        d1 = 4.0 * s * (1.0 - s)
+    else:
+        t = torch.tanh(z)
+        d1 = 1.0 - t * t
     return d1, -2.0 * t * d1
 
 
@@ -173,7 +197,7 @@ def _softplus_d12(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # used the finite difference of the step function σ' (large only within FD_STEP of the kink),
 # and its results are kept identical.
 _BUILTIN: dict[str, Activation] = {
-    "tanh": Activation("tanh", torch.tanh, _tanh_d, 1.0, True, _tanh_,
+    "tanh": Activation("tanh", _tanh, _tanh_d, 1.0, True, _tanh_,
                        second_derivative=_tanh_d2, first_and_second=_tanh_d12, sup_abs=1.0,
                        monotone=True),
     "relu": Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1.0, True,

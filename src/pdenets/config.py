@@ -117,6 +117,9 @@ class TrainConfig:
     #: comma-separated string is still read, with a DeprecationWarning
     level_epochs: list[int] = field(default_factory=list, metadata={"legacy_csv": True})
     level_coarsen: str = "all"
+    #: depth solver of the coarse levels ("" = model.solver): e.g. explicit Euler, the ResNet
+    #: that the model's Euler discretization is, before the finest level's accurate solver
+    level_solver: str = ""
 
 
 @dataclass
@@ -265,7 +268,10 @@ def validate(cfg: Config) -> None:
     positive("train.msa_inner_lr", t.msa_inner_lr)
     choice("train.msa_inner_solver", t.msa_inner_solver, ("lbfgs", "adam"))
     positive("train.msa_readout_steps", t.msa_readout_steps, allow_zero=True)
-    choice("train.level_coarsen", t.level_coarsen, ("all", "discretization", "controls"))
+    choice("train.level_coarsen", t.level_coarsen,
+           ("all", "discretization", "controls", "depth", "none"))
+    if t.level_solver:
+        choice("train.level_solver", t.level_solver, tuple(SOLVERS))
     if t.level_epochs and (len(t.level_epochs) != t.levels or min(t.level_epochs) < 1):
         raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
                           f"level, coarse to fine), got {t.level_epochs!r}")

@@ -16,7 +16,14 @@ model; level ℓ is coarser by the factor f = 2^(L−1−ℓ) in what ``train.le
 * ``all`` (default): width nodes per axis (÷f, at least 4), depth steps (÷f, at least 1),
   control-grid vertices ((size−1)/f + 1, at least 2) and depth intervals (÷f, at least 1);
 * ``discretization``: width and steps only (the control representation stays the finest);
-* ``controls``: control grid and intervals only.
+* ``controls``: control grid and intervals only;
+* ``depth``: depth steps only (width and control representation stay the finest);
+* ``none``: nothing — the levels differ only in their solver and method.
+
+``train.level_solver`` (default: ``model.solver``) is the depth solver of the coarse levels: with
+``euler`` they train the ResNet that the model's explicit Euler discretization is (MODEL.md §2),
+at a quarter of RK4's stages, and the finest level's accurate solver then finishes the same
+controls, so the result is a discretization-independent continuum network.
 
 Every level uses its own learning-rate schedule (``train.schedule`` over the level's epochs).
 At coarse levels there is no early stopping and no best-epoch selection: the level's last
@@ -164,9 +171,12 @@ def level_configs(cfg: Config, ds) -> list[Config]:
             m.width = max(4, math.ceil(width[0] / f))
             if m.width >= width[0]:
                 m.width = width[0]
-            m.steps = max(1, math.ceil(cfg.model.steps / f))
         else:
             m.width = width[0]
+        if what in ("all", "discretization", "depth"):
+            m.steps = max(1, math.ceil(cfg.model.steps / f))
+        if t.level_solver and ell < L - 1:
+            m.solver = t.level_solver
         if what in ("all", "controls"):
             m.control_size = _coarse_size(ctrl[0], f, cfg.model.space_basis)
             m.intervals = max(1, math.ceil(cfg.model.intervals / f))
