@@ -70,15 +70,21 @@ def test_batched_controls_equal_per_stage(kernel, time_basis, solver):
     if solver in ("rk4", "heun"):
         assert len(table.values) < len(stages)
     fresh = net.controls.discretize(grid)
+
+    def same(x, y):  # to rounding: one product (1 − s)·X_k + s·X_k+1 against lerp
+        assert x.shape == y.shape
+        assert (x - y).abs().max() <= 4 * torch.finfo(x.dtype).eps * max(y.abs().max(), 1e-300)
+
     for t, lo, hi in stages:
         A, b = table.at(t, lo, hi)
         A0, b0 = fresh.at(t, lo, hi)
-        assert torch.equal(b, b0)
+        same(b, b0)
         if isinstance(A0, torch.Tensor):
-            assert torch.equal(A, A0)
+            same(A, A0)
         else:
             assert len(A.tensors) == len(A0.tensors)
-            assert all(torch.equal(x, y) for x, y in zip(A.tensors, A0.tensors))
+            for x, y in zip(A.tensors, A0.tensors):
+                same(x, y)
     # a depth outside the table falls back to the per-stage evaluation
     A, b = table.at(0.123, 0.1, 0.2)
     assert torch.equal(b, fresh.at(0.123, 0.1, 0.2)[1])
@@ -86,8 +92,9 @@ def test_batched_controls_equal_per_stage(kernel, time_basis, solver):
 
 
 def test_batched_forward_and_gradient_equal_unbatched():
-    """The batched solve is the per-stage solve: the same outputs bit for bit; the gradients
-    agree to rounding (the stages' contributions to a knot are summed in another order)."""
+    """The batched solve is the per-stage solve: outputs and gradients agree to rounding (the
+    stage values are one interpolation product; contributions to a knot are summed in another
+    order)."""
     from pdenets.adjoint import ForwardProblem
     from pdenets.integrators import integrate
 
@@ -100,7 +107,7 @@ def test_batched_forward_and_gradient_equal_unbatched():
     prob = ForwardProblem(net.dynamics, sched, grid, net.T, disc.steps, disc.solver)
     ref, _, _ = integrate(prob.system(), u0, net.T, disc.steps, disc.solver)
     out = pn.solve(net.controls, u0, net.dynamics, disc, grid=grid).u
-    assert torch.equal(out, ref)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-15)
     params = list(net.controls.parameters())
     g_ref = torch.autograd.grad(ref.square().sum(), params)
     g_new = torch.autograd.grad(pn.solve(net.controls, u0, net.dynamics, disc,
