@@ -162,16 +162,6 @@ def test_steady_state_with_kernel_controls(family):
     assert float(r.abs().max()) < 1e-9
 
 
-def test_steady_state_with_channels_is_refused():
-    from pdenets.analysis import find_steady_state
-    from pdenets.errors import PdenetsError
-
-    net = _net("conv", 2)
-    g = net.grid(net.discretization.width)
-    with pytest.raises(PdenetsError, match="steady states with channels = 2"):
-        find_steady_state(net.controls, net.dynamics, g, depth=0.5)
-
-
 # ------------------------------------------------------------------------------------------
 # 4. multilevel prolongation of KernelControls
 
