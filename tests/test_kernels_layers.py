@@ -162,16 +162,6 @@ def test_steady_state_with_kernel_controls(family):
     assert float(r.abs().max()) < 1e-9
 
 
-def test_steady_state_with_channels_is_refused():
-    from pdenets.analysis import find_steady_state
-    from pdenets.errors import PdenetsError
-
-    net = _net("conv", 2)
-    g = net.grid(net.discretization.width)
-    with pytest.raises(PdenetsError, match="steady states with channels = 2"):
-        find_steady_state(net.controls, net.dynamics, g, depth=0.5)
-
-
 # ------------------------------------------------------------------------------------------
 # 4. multilevel prolongation of KernelControls
 
@@ -220,7 +210,7 @@ def test_multilevel_training_with_conv_kernel():
 
 
 # ------------------------------------------------------------------------------------------
-# 5. PMP (§7) with structured kernels; MSA refuses them
+# 5. PMP and MSA (§7) with structured kernels
 
 
 @pytest.mark.parametrize("family,channels,basis", [
@@ -239,11 +229,14 @@ def test_pmp_identity_with_kernel_controls(family, channels, basis):
     assert len(rep.residual) == 3 * 4 and rep.max_residual > 0
 
 
-def test_msa_with_conv_kernel_is_refused():
-    from pdenets.errors import PdenetsError
+def test_msa_with_conv_kernel_runs():
+    """(Was a refusal; the MSA now maximizes over the kernel family's parameters — see
+    tests/test_msa_kernels.py for the identity and decrease checks.)"""
     from pdenets.objective import Objective
     from pdenets.pontryagin import MSA
 
     net = _net("conv", 1)
-    with pytest.raises(PdenetsError, match="msa with model.kernel = conv is not supported"):
-        MSA(net, Objective("cross_entropy"))
+    x, y = _data(net)
+    msa = MSA(net, Objective("cross_entropy"), inner_steps=3)
+    rec = msa.step(x, y)
+    assert rec.J_after <= rec.J_before + 1e-12

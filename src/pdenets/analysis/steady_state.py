@@ -25,6 +25,13 @@ and a large-time simulation of the forward problem with the controls frozen, sta
 random perturbations of u*, whose distance ‖u(t) − u*‖_ω confirms or refutes the verdict.
 Time-dependent controls can be analysed frozen at a chosen depth t (``depth=t``): the steady
 states of the weight-tied network built from the layer at depth t.
+
+Channels (MODEL.md §10): with C channels the state is u ∈ R^{C·N} (channel-major, entry
+c·N + i is u_c(x_i)), A is the (C·N) × (C·N) block operator of any kernel family (as its dense
+matrix), Δ acts on each channel, and ‖·‖_ω is the quadrature norm summed over the channels;
+the Newton solve, the (C·N) × (C·N) linearization and its spectrum, and the confirming
+simulation are the same as for C = 1. Everything is dense in C·N, so C·N is limited to
+:data:`MAX_STATE` (a clear error above it).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 from .._checks import check_positive
 from .._laplacian import laplacian_for
 from ..controls import Controls, KernelSchedule
+from ..dynamics import ChannelLaplacian
 from ..errors import PdenetsError
 from ..integrators import RK4
 from ..quadrature import Grid
@@ -44,12 +52,39 @@ from .stability import weighted_norm
 
 VERDICTS = ("asymptotically stable", "unstable", "marginal", "no steady state found")
 
+#: largest state dimension C·N of the dense steady-state analysis (an (C·N)² Jacobian per
+#: Newton step and a dense eigen-decomposition)
+MAX_STATE = 8192
+
+
+def _channels(controls) -> int:
+    return int(getattr(controls, "channels", 1))
+
+
+def _state_size(controls, grid: Grid) -> int:
+    """C·N, checked against :data:`MAX_STATE`."""
+    C = _channels(controls)
+    n = C * grid.n
+    if n > MAX_STATE:
+        what = f"{C} channels × {grid.n} nodes" if C > 1 else f"{grid.n} nodes"
+        raise PdenetsError(
+            f"the steady-state analysis is dense in the state dimension C·N = {n} ({what}); "
+            f"at most {MAX_STATE} is supported — use a coarser width (model.width)")
+    return n
+
+
+def _wide_weights(grid: Grid, channels: int) -> torch.Tensor:
+    """The quadrature weights repeated over the channels (the norm ‖·‖_ω of R^{C·N})."""
+    return grid.weights.repeat(channels)
+
 
 class _ConstantSchedule(KernelSchedule):
     time_dependent = False  # read by the Gronwall integral (stability.operator_norm_integral)
 
-    def __init__(self, A: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> None:
+    def __init__(self, A: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
+                 channels: int = 1) -> None:
         self.A, self.b, self._weights = A, b, weights
+        self.channels = channels  # read by Dynamics.system (per-channel Laplacian)
 
     def at(self, t, t0, t1):
         return self.A, self.b
@@ -58,24 +93,34 @@ class _ConstantSchedule(KernelSchedule):
 class FrozenControls(Controls):
     """Time-independent controls given by their discretization ``(A, b)`` on one grid.
 
-    Used to run the autonomous (weight-tied) system over an arbitrary horizon ``T``.
+    Used to run the autonomous (weight-tied) system over an arbitrary horizon ``T``. With
+    ``channels`` C, A is ``(C·N, C·N)`` and b ``(C·N,)`` (channel-major).
     """
 
-    def __init__(self, A: torch.Tensor, b: torch.Tensor, grid: Grid, T: float) -> None:
+    def __init__(self, A: torch.Tensor, b: torch.Tensor, grid: Grid, T: float,
+                 channels: int = 1) -> None:
         super().__init__()
         check_positive(T, "T")
         self.A, self.b, self._grid, self.T, self.dim = A.detach(), b.detach(), grid, float(T), \
             grid.dim
+        self.channels = int(channels)
+        n = self.channels * grid.n
+        if tuple(self.A.shape) != (n, n) or tuple(self.b.shape) != (n,):
+            raise PdenetsError(f"frozen controls: A {tuple(self.A.shape)} and b "
+                               f"{tuple(self.b.shape)} do not match {self.channels} channel(s) "
+                               f"× {grid.n} nodes")
 
     def discretize(self, grid: Grid) -> KernelSchedule:
         if grid.n != self._grid.n or not torch.equal(grid.nodes, self._grid.nodes):
             raise PdenetsError("frozen controls can only be evaluated on the grid they came from")
-        return _ConstantSchedule(self.A, self.b, grid.weights)
+        return _ConstantSchedule(self.A, self.b, _wide_weights(grid, self.channels),
+                                 self.channels)
 
 
 def _as_matrix(A) -> torch.Tensor:
     """A dense matrix, or a structured kernel operator (MODEL.md §10) as its dense matrix: the
-    steady-state analysis (Newton, the spectrum of the N × N linearization) is dense anyway."""
+    steady-state analysis (Newton, the spectrum of the C·N × C·N linearization) is dense
+    anyway."""
     if isinstance(A, torch.Tensor):
         return A.detach()
     return A.matrix().detach()
@@ -83,17 +128,14 @@ def _as_matrix(A) -> torch.Tensor:
 
 def frozen_operator(controls: Controls, grid: Grid, depth: float | None = None,
                     rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, b)`` of time-independent controls on ``grid``.
+    """``(A, b)`` of time-independent controls on ``grid``: ``(C·N, C·N)`` and ``(C·N,)`` with
+    C channels.
 
     With ``depth=None`` the controls must not depend on t (checked at the depths of their
     knots / a few sample depths; raises :class:`PdenetsError` otherwise); with ``depth=t`` the
     controls are frozen at depth t.
     """
-    channels = int(getattr(controls, "channels", 1))
-    if channels > 1:
-        raise PdenetsError(
-            f"steady states with channels = {channels} are not supported: the Newton solve, "
-            f"linearization and simulation act on one scalar field (use channels = 1)")
+    _state_size(controls, grid)
     T = float(controls.T)
     sched = controls.discretize(grid)
     with torch.no_grad():
@@ -122,25 +164,27 @@ def frozen_operator(controls: Controls, grid: Grid, depth: float | None = None,
     return A0, b0
 
 
-def _rhs(dynamics, grid: Grid):
-    lap = laplacian_for(grid) if dynamics.eps > 0.0 else None
+def _rhs(dynamics, grid: Grid, channels: int = 1):
+    lap: object | None = laplacian_for(grid) if dynamics.eps > 0.0 else None
+    if lap is not None and channels > 1:
+        lap = ChannelLaplacian(lap, channels)
 
     def f(u: torch.Tensor, A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = dynamics.steady_state_residual(u[None, :], A, b)[0]
         if lap is not None:
-            out = out + dynamics.eps * lap(u[None, :])[0]
+            out = out + dynamics.eps * lap(u[None, :])[0]  # type: ignore[operator]
         return out
 
     return f
 
 
 def linearization(dynamics, A: torch.Tensor, b: torch.Tensor, u: torch.Tensor,
-                  grid: Grid) -> torch.Tensor:
-    """Jacobian f'(u) (N × N) of the full right-hand side (reaction + ε Δ) at ``u``, by
-    :func:`torch.func.jacrev` (see the module table for its closed forms)."""
+                  grid: Grid, channels: int = 1) -> torch.Tensor:
+    """Jacobian f'(u) (C·N × C·N) of the full right-hand side (reaction + ε Δ per channel) at
+    ``u``, by :func:`torch.func.jacrev` (see the module table for its closed forms)."""
     from torch.func import jacrev
 
-    f = _rhs(dynamics, grid)
+    f = _rhs(dynamics, grid, channels)
     with torch.no_grad():
         return jacrev(lambda v: f(v, A, b))(u.detach())
 
@@ -170,7 +214,7 @@ def find_steady_state(
     grid : Grid
         The width grid of the discretized equation.
     u_init : torch.Tensor, optional
-        Initial guess, shape ``(N,)`` (default zeros).
+        Initial guess, shape ``(C·N,)`` with C channels (default zeros).
     tol : float
         Converged when ‖f(u)‖_ω ≤ tol (Newton continues while it still reduces ‖f‖).
     max_iter : int
@@ -182,12 +226,15 @@ def find_steady_state(
     from torch.func import jacrev
 
     A, b = frozen_operator(controls, grid, depth)
-    f = _rhs(dynamics, grid)
-    u = torch.zeros(grid.n, dtype=grid.dtype, device=grid.device) if u_init is None else \
+    C = _channels(controls)
+    n = C * grid.n
+    f = _rhs(dynamics, grid, C)
+    u = torch.zeros(n, dtype=grid.dtype, device=grid.device) if u_init is None else \
         torch.as_tensor(u_init, dtype=grid.dtype, device=grid.device).reshape(-1).clone()
-    if u.shape != (grid.n,):
-        raise PdenetsError(f"initial guess has {u.numel()} values; the grid has {grid.n} nodes")
-    w = grid.weights
+    if u.shape != (n,):
+        raise PdenetsError(f"initial guess has {u.numel()} values; the grid has {grid.n} nodes"
+                           + (f" and the state {C} channels ({n} values)" if C > 1 else ""))
+    w = _wide_weights(grid, C)
     with torch.no_grad():
         F = f(u, A, b)
         r = float(weighted_norm(F, w))
@@ -248,6 +295,7 @@ class SteadyStateReport:
     agrees: bool | None
     u: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
     nodes: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+    channels: int = 1
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -284,7 +332,9 @@ def simulate_near(
 
     check_positive(horizon, "horizon")
     A, b = frozen_operator(controls, grid, depth)
-    frozen = FrozenControls(A, b, grid, horizon)
+    C = _channels(controls)
+    w = _wide_weights(grid, C)
+    frozen = FrozenControls(A, b, grid, horizon, C)
     rho = max(float(rate_hint or 0.0), 1e-12)
     if dynamics.eps > 0:
         rho = max(rho, dynamics.eps * laplacian_for(grid).spectral_radius)
@@ -295,20 +345,20 @@ def simulate_near(
         raise PdenetsError(f"the simulation would need {steps} steps; shorten the horizon")
     disc = Discretization(grid_rule(grid), solver or RK4(), steps)
     gen = torch.Generator().manual_seed(seed)
-    d = torch.randn(samples, grid.n, generator=gen, dtype=torch.float64).to(grid.dtype)
-    d = d / weighted_norm(d, grid.weights)[:, None] * perturbation
+    d = torch.randn(samples, C * grid.n, generator=gen, dtype=torch.float64).to(grid.dtype)
+    d = d / weighted_norm(d, w)[:, None] * perturbation
     u0 = u_star[None, :] + d
     ts = [k * horizon / (saves - 1) for k in range(saves)]
     with torch.no_grad():
         sol = solve(frozen, u0, dynamics, disc, saveat=ts, grid=grid)
         assert sol.us is not None, "solve with saveat returns the saved states"
-        dist = weighted_norm(sol.us - u_star[None, None, :], grid.weights).max(1).values
+        dist = weighted_norm(sol.us - u_star[None, None, :], w).max(1).values
     dist_l = [float(x) if math.isfinite(float(x)) else math.inf for x in dist]
     d0, dT = dist_l[0], dist_l[-1]
     verdict = "decays" if dT < 0.5 * d0 else ("grows" if dT > 2.0 * d0 else "stays")
     # log-distance slope over the last third of the saved points still in the linear regime
     # (distance ≤ 1e-3 max(1, ‖u*‖)), where the slowest-decaying / fastest-growing mode dominates
-    cap = 1e-3 * max(1.0, float(weighted_norm(u_star, grid.weights)))
+    cap = 1e-3 * max(1.0, float(weighted_norm(u_star, w)))
     lin = [(t, x) for t, x in zip(ts, dist_l) if 1e-300 < x <= cap]
     lin = lin[len(lin) - max(2, len(lin) // 3):] if len(lin) >= 2 else []
     rate = None
@@ -361,12 +411,14 @@ def analyze_steady_state(
         verdict or without simulation).
     """
     nr = find_steady_state(controls, dynamics, grid, u_init, depth=depth, tol=newton_tol)
+    C = _channels(controls)
+    w = _wide_weights(grid, C)
     if not nr.converged:
         return SteadyStateReport(
-            nr.residual, nr.iterations, False, float(weighted_norm(nr.u, grid.weights)), [], [],
-            math.nan, math.nan, "no steady state found", None, None, nr.u, grid.nodes)
+            nr.residual, nr.iterations, False, float(weighted_norm(nr.u, w)), [], [],
+            math.nan, math.nan, "no steady state found", None, None, nr.u, grid.nodes, C)
     A, b = frozen_operator(controls, grid, depth)
-    Jm = linearization(dynamics, A, b, nr.u, grid)
+    Jm = linearization(dynamics, A, b, nr.u, grid, C)
     lam = torch.linalg.eigvals(Jm)
     order = torch.argsort(lam.real, descending=True)
     lam = lam[order]
@@ -384,9 +436,9 @@ def analyze_steady_state(
         elif verdict == "unstable":
             agrees = sim.verdict == "grows"
     return SteadyStateReport(
-        nr.residual, nr.iterations, nr.converged, float(weighted_norm(nr.u, grid.weights)),
+        nr.residual, nr.iterations, nr.converged, float(weighted_norm(nr.u, w)),
         [float(x) for x in lam.real], [float(x) for x in lam.imag], max_real, float(tol),
-        verdict, sim, agrees, nr.u, grid.nodes,
+        verdict, sim, agrees, nr.u, grid.nodes, C,
     )
 
 
@@ -402,14 +454,19 @@ def plot_steady_state(report: SteadyStateReport, path) -> None:
         axes[1].text(0.5, 0.5, report.verdict, ha="center", transform=axes[1].transAxes)
     ax = axes[0]
     nodes = report.nodes.cpu().numpy()
-    u = report.u.cpu().numpy()
-    if nodes.shape[1] == 1:
-        o = np.argsort(nodes[:, 0])
-        ax.plot(nodes[o, 0], u[o], "-")
-        ax.set_xlabel("x")
-    else:
-        ax.plot(u, ".")
-        ax.set_xlabel("node index")
+    C = max(1, int(report.channels))
+    us = report.u.cpu().numpy().reshape(C, -1)
+    for c, u in enumerate(us):
+        lab = f"channel {c}" if C > 1 else None
+        if nodes.shape[1] == 1:
+            o = np.argsort(nodes[:, 0])
+            ax.plot(nodes[o, 0], u[o], "-", label=lab)
+            ax.set_xlabel("x")
+        else:
+            ax.plot(u, ".", label=lab)
+            ax.set_xlabel("node index")
+    if 1 < C <= 8:
+        ax.legend(fontsize=7)
     ax.set_title(f"steady state u* (residual {report.residual:.2e})", fontsize=9)
     ax = axes[1]
     ax.plot(report.eigenvalues_real, report.eigenvalues_imag, "x")

@@ -48,7 +48,7 @@ def run(args) -> int:
     # Newton with dense N×N Jacobians (least squares, ~2N³ each, ≤ 50 iterations), one
     # eigen-decomposition (~10N³); the simulation: 4 perturbed states, RK4, a number of steps
     # that grows with the horizon (capped at 200000 by the analysis)
-    N = 1.0
+    N = float(getattr(net.controls, "channels", 1))  # the state has C·N values
     for n in net.discretization.width.sizes:
         N *= n
     sim_steps = 0.0 if args.no_simulation else min(200_000.0, 100.0 + 10.0 * args.horizon)

@@ -50,7 +50,10 @@ depend on the width discretization.
 Method of successive approximations
 -----------------------------------
 :class:`MSA` implements the extended MSA of Li, Chen, Tai & E (JMLR 18, 2018) for
-:class:`~pdenets.controls.GridControls`. One iteration on a batch:
+:class:`~pdenets.controls.GridControls` and for :class:`~pdenets.kernels.KernelControls` (every
+kernel family, any channels; MODEL.md §10: the maximization then runs over the family's own
+parameters with a parameter-space proximal term, see :mod:`._msa_kernels`). One iteration on a
+batch:
 
 1. **state sweep**: forward solve, recording Y_s and the slopes k_s;
 2. **readout**: the linear readout (c, d) minimizes the terminal loss on the fixed u(T) plus the

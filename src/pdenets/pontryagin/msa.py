@@ -11,15 +11,18 @@ import torch
 
 from ..controls import GridControls
 from ..errors import PdenetsError
+from ..kernels import KernelControls
 from ..network import ContinuumNetwork, Discretization
 from ..objective import Objective, data_loss
 from ..readout import LinearReadout
 from ..training.methods import Method, register_method
 from ..training.trainer import Trainer
+from ._msa_kernels import KernelInner
 from .sweep import (
     Sweep,
     _knot_matrices,
     _mass,
+    _stage_entries,
     _time_mass_diag,
     check_network,
     costate_sweep,
@@ -58,7 +61,10 @@ class MSA:
     Parameters
     ----------
     net : ContinuumNetwork
-        With :class:`~pdenets.controls.GridControls` and a fixed-step explicit RK solver.
+        With :class:`~pdenets.controls.GridControls` or
+        :class:`~pdenets.kernels.KernelControls` (every kernel family, any channels; the
+        maximization then runs over the family's own parameters, :mod:`._msa_kernels`) and a
+        fixed-step explicit RK solver.
     objective : Objective
     rho : float
         Penalty ρ ≥ 0 of the extended Hamiltonian (also the floor of the adaptive ρ).
@@ -101,7 +107,7 @@ class MSA:
         self.fallbacks = 0
         self.rejected = 0
         self.history: list[MSAStep] = []
-        ctrl_ids = {id(net.controls.w), id(net.controls.b)}
+        ctrl_ids = {id(p) for p in self._params().values()}
         ro_ids = {id(p) for p in net.readout.parameters()}
         self.others = [p for p in net.parameters()
                        if p.requires_grad and id(p) not in ctrl_ids | ro_ids]
@@ -110,6 +116,16 @@ class MSA:
             self.other_optimizer = torch.optim.Adam(self.others, lr=lifting_lr)
 
     # -- pieces ---------------------------------------------------------------------------
+    def _params(self) -> dict[str, torch.Tensor]:
+        """The controls' parameters the maximization updates, by name within the controls."""
+        c = self.net.controls
+        if isinstance(c, GridControls):
+            return {"w": c.w, "b": c.b}
+        if isinstance(c, KernelControls):
+            return dict(c.named_parameters())
+        raise PdenetsError(f"MSA needs GridControls or KernelControls (knot-based controls), "
+                           f"got {type(c).__name__}")
+
     def _J(self, x, y) -> float:
         with torch.no_grad():
             return float(self.objective(self.net, x, y, self.disc))
@@ -141,14 +157,65 @@ class MSA:
         opt.step(closure)
         ro.zero_grad(set_to_none=True)
 
-    def _reg_gradient(self) -> tuple[torch.Tensor, torch.Tensor]:
-        c = self.net.controls
-        if not (self.objective.alpha or self.objective.beta):
-            return torch.zeros_like(c.w), torch.zeros_like(c.b)
+    def _reg_gradient(self) -> dict[str, torch.Tensor]:
+        params = self._params()
+        if not (self.objective.alpha or self.objective.beta or self.objective.gamma):
+            return {n: torch.zeros_like(p) for n, p in params.items()}
+        names = [n for n, p in params.items() if p.requires_grad]
+        out = {n: torch.zeros_like(p) for n, p in params.items()}
+        if not names:
+            return out
         with torch.enable_grad():
             R = self.objective.regularization(self.net)
-            gw, gb = torch.autograd.grad(R, [c.w, c.b])
-        return gw.detach(), gb.detach()
+            gs = torch.autograd.grad(R, [params[n] for n in names], allow_unused=True)
+        out.update({n: g.detach() for n, g in zip(names, gs) if g is not None})
+        return out
+
+    def _inner_solve(self, leaves: list[torch.Tensor], objective) -> None:
+        """Maximize ``objective()`` over ``leaves`` with the inner solver (in place)."""
+        opt: torch.optim.Optimizer
+        if self.inner_solver == "adam":
+            opt = torch.optim.Adam(leaves, lr=self.inner_lr)
+            for _ in range(self.inner_steps):
+                opt.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss = -objective()
+                    loss.backward()
+                opt.step()
+            return
+        opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=self.inner_steps,
+                                history_size=10, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss = -objective()
+                loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    def inner_problem(self, sw: Sweep) -> KernelInner:
+        """The separable Hamiltonian-maximization objective of :class:`KernelControls` at the
+        recorded sweep ``sw`` (after :func:`costate_sweep`) and the current ρ
+        (:class:`~pdenets.pontryagin._msa_kernels.KernelInner`)."""
+        if not isinstance(self.net.controls, KernelControls):
+            raise PdenetsError("MSA.inner_problem is defined for KernelControls")
+        return KernelInner(sw, self.objective, self.rho)
+
+    def _maximize_kernels(self, sw: Sweep) -> tuple[dict[str, torch.Tensor], float]:
+        """Block-Jacobi maximization in the kernel family's parameters (:mod:`._msa_kernels`)."""
+        prob = self.inner_problem(sw)
+        x = prob.start()
+        leaves = list(x.values())
+        with torch.no_grad():
+            v0 = float(prob.value(x))
+        if leaves:
+            self._inner_solve(leaves, lambda: prob.value(x))
+        with torch.no_grad():
+            v1 = float(prob.value(x))
+        new = {n: x[n].detach() if n in x else prob.old[n] for n in prob.old}
+        return new, v1 - v0
 
     def _maximize(self, sw: Sweep, gRw, gRb) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Block-Jacobi maximization of the knots' shares of ∫H̃ dt (module docstring)."""
@@ -164,22 +231,8 @@ class MSA:
         W0 = ctrl.w.detach().clone()
         B0 = ctrl.b.detach().clone()
         # entries: (stage, owner knot, owner weight, other knot, other weight)
-        kw = sw.knot_weights
-        st, own, wown, oth, woth = [], [], [], [], []
-        for s in range(kw.shape[0]):
-            nz = [(j, float(kw[s, j])) for j in range(kw.shape[1]) if float(kw[s, j]) != 0.0]
-            for j, wj in nz:
-                rest = [(i, wi) for i, wi in nz if i != j]
-                st.append(s)
-                own.append(j)
-                wown.append(wj)
-                oth.append(rest[0][0] if rest else j)
-                woth.append(rest[0][1] if rest else 0.0)
-        dev, dt = W0.device, W0.dtype
-        st_t = torch.tensor(st, device=dev)
-        own_t, oth_t = torch.tensor(own, device=dev), torch.tensor(oth, device=dev)
-        wown_t = torch.tensor(wown, dtype=dt, device=dev)
-        woth_t = torch.tensor(woth, dtype=dt, device=dev)
+        st_t, own_t, wown_t, oth_t, woth_t = _stage_entries(sw.knot_weights)
+        dt = W0.dtype
         Y = sw.Y[st_t]
         Lam = sw.Lam[st_t]
         wst = sw.weights[st_t]
@@ -198,7 +251,7 @@ class MSA:
         alpha, beta = self.objective.alpha, self.objective.beta
         M = _mass(ctrl)
         m, deg = _time_mass_diag(ctrl)
-        cj = (alpha * m + beta * deg / (ctrl.T / ctrl.intervals)).to(dt).to(dev)
+        cj = (alpha * m + beta * deg / (ctrl.T / ctrl.intervals)).to(dt).to(W0.device)
         W = W0.clone().requires_grad_(True)
         Bv = B0.clone().requires_grad_(True)
 
@@ -220,27 +273,7 @@ class MSA:
 
         with torch.no_grad():
             v0 = float(objective())
-        opt: torch.optim.Optimizer
-        if self.inner_solver == "adam":
-            opt = torch.optim.Adam([W, Bv], lr=self.inner_lr)
-            for _ in range(self.inner_steps):
-                opt.zero_grad(set_to_none=True)
-                with torch.enable_grad():
-                    loss = -objective()
-                    loss.backward()
-                opt.step()
-        else:
-            opt = torch.optim.LBFGS([W, Bv], lr=1.0, max_iter=self.inner_steps,
-                                    history_size=10, line_search_fn="strong_wolfe")
-
-            def closure():
-                opt.zero_grad(set_to_none=True)
-                with torch.enable_grad():
-                    loss = -objective()
-                    loss.backward()
-                return loss
-
-            opt.step(closure)
+        self._inner_solve([W, Bv], objective)
         with torch.no_grad():
             v1 = float(objective())
         return W.detach(), Bv.detach(), v1 - v0
@@ -261,18 +294,25 @@ class MSA:
             self._readout_update(sw.uT.detach(), y, sw.grid)
             costate_sweep(sw, y, obj.loss)
         J1 = sw.loss + Rv
-        gRw, gRb = self._reg_gradient()
-        gw_data: torch.Tensor | None = sw.grads.get("controls.w")
-        gb_data: torch.Tensor | None = sw.grads.get("controls.b")
-        gw = (gw_data if gw_data is not None else torch.zeros_like(ctrl.w)) + gRw
-        gb = (gb_data if gb_data is not None else torch.zeros_like(ctrl.b)) + gRb
-        gnorm = float(torch.sqrt((gw ** 2).sum() + (gb ** 2).sum()))
-        W0, B0 = ctrl.w.detach().clone(), ctrl.b.detach().clone()
-        Wn, Bn, gain = self._maximize(sw, gRw, gRb)
-        step_norm = float(torch.sqrt(((Wn - W0) ** 2).sum() + ((Bn - B0) ** 2).sum()))
+        params = self._params()
+        gR = self._reg_gradient()
+        grads = {}
+        for n, p in params.items():
+            gd = sw.grads.get(f"controls.{n}")
+            grads[n] = (gd if gd is not None else torch.zeros_like(p)) + gR[n]
+        gnorm = float(torch.sqrt(sum(((g ** 2).sum() for g in grads.values()),
+                                     torch.zeros((), dtype=torch.float64))))
+        old = {n: p.detach().clone() for n, p in params.items()}
+        if isinstance(ctrl, KernelControls):
+            new, gain = self._maximize_kernels(sw)
+        else:
+            Wn, Bn, gain = self._maximize(sw, gR["w"], gR["b"])
+            new = {"w": Wn, "b": Bn}
+        step_norm = float(torch.sqrt(sum((((new[n] - old[n]) ** 2).sum() for n in params),
+                                         torch.zeros((), dtype=torch.float64))))
         with torch.no_grad():
-            ctrl.w.copy_(Wn)
-            ctrl.b.copy_(Bn)
+            for n, p in params.items():
+                p.copy_(new[n])
         J2 = self._J(x, y)
         accepted = math.isfinite(J2) and J2 < J1
         fallback = False
@@ -284,7 +324,7 @@ class MSA:
             self.fallbacks += 1
             if self.adapt_rho:
                 self.rho = max(2.0 * self.rho, 1e-3)
-            J2 = self._fallback(x, y, W0, B0, gw, gb, gnorm, step_norm, J1)
+            J2 = self._fallback(x, y, old, grads, gnorm, step_norm, J1)
         # remaining parameters (learnable lifting): one gradient step
         if self.others and self.other_optimizer is not None:
             self.other_optimizer.zero_grad(set_to_none=True)
@@ -298,27 +338,27 @@ class MSA:
         self.history.append(rec)
         return rec
 
-    def _fallback(self, x, y, W0, B0, gw, gb, gnorm, step_norm, J1) -> float:
+    def _fallback(self, x, y, old, grads, gnorm, step_norm, J1) -> float:
         """Armijo backtracking along −∇J from the old controls; returns the new J."""
-        ctrl = self.net.controls
-        if gnorm == 0.0 or not math.isfinite(gnorm):
+        params = self._params()
+
+        def put(eta: float) -> None:
             with torch.no_grad():
-                ctrl.w.copy_(W0)
-                ctrl.b.copy_(B0)
+                for n, p in params.items():
+                    p.copy_(old[n] - eta * grads[n] if eta else old[n])
+
+        if gnorm == 0.0 or not math.isfinite(gnorm):
+            put(0.0)
             self.rejected += 1
             return J1
         eta = (step_norm if step_norm > 0 and math.isfinite(step_norm) else 1.0) / gnorm
         for _ in range(12):
-            with torch.no_grad():
-                ctrl.w.copy_(W0 - eta * gw)
-                ctrl.b.copy_(B0 - eta * gb)
+            put(eta)
             J = self._J(x, y)
             if math.isfinite(J) and J <= J1 - 1e-4 * eta * gnorm ** 2:
                 return J
             eta *= 0.5
-        with torch.no_grad():
-            ctrl.w.copy_(W0)
-            ctrl.b.copy_(B0)
+        put(0.0)
         self.rejected += 1
         return J1
 

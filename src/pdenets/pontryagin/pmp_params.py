@@ -24,16 +24,39 @@ from .. import _basis
 from ..objective import Objective
 
 
-class _KnotCall(nn.Module):
-    """Calls ``kernel.knot_tensors(grid)`` as ``forward`` (for :func:`torch.func.functional_call`
-    with per-stage parameter values in place of the knot values)."""
+class _StageCall(nn.Module):
+    """Evaluates the controls' kernel knot tensors and nodal bias on a grid as ``forward``, so
+    that :func:`torch.func.functional_call` can evaluate them at any stack of parameter values
+    (one "knot" per stage) in place of the knot values."""
 
-    def __init__(self, kernel) -> None:
+    def __init__(self, ctrl) -> None:
         super().__init__()
-        self.kernel = kernel
+        self.ctrl = ctrl
 
     def forward(self, grid):
-        return self.kernel.knot_tensors(grid)
+        ctrl = self.ctrl
+        b = ctrl.b
+        P = _basis.grid_matrix(grid, ctrl.size, ctrl.space_basis, b.dtype)
+        bn = (b if P is None else b @ P.T).reshape(b.shape[0], -1)
+        return ctrl.kernel.knot_tensors(grid), bn
+
+
+def stage_operators(ctrl, grid, values: dict[str, torch.Tensor]):
+    """``(A, b)`` of :class:`~pdenets.kernels.KernelControls` at E parameter values.
+
+    ``values`` maps every parameter name of ``ctrl.named_parameters()`` to a stack
+    ``(E, *shape[1:])`` of values (e.g. θ(t_s) at the stages); the result is differentiable
+    in them. ``A`` is an ``(E, C·N, C·N)`` matrix stack where the kernel is dense on ``grid``
+    (:meth:`Kernel.is_dense_on <pdenets.kernels.Kernel.is_dense_on>`), otherwise a list of E
+    :class:`~pdenets.kernels.KernelOp`; ``b`` is ``(E, C·N)``. Both are what
+    :meth:`Dynamics.reaction_batched <pdenets.dynamics.Dynamics.reaction_batched>` takes.
+    """
+    knots, b = torch.func.functional_call(
+        _StageCall(ctrl), {f"ctrl.{n}": v for n, v in values.items()}, (grid,))
+    kern = ctrl.kernel
+    if kern.is_dense_on(grid):
+        return knots[0], b
+    return [kern.make_op([x[e] for x in knots], grid) for e in range(b.shape[0])], b
 
 
 def stage_parameter_gradients(sweep) -> dict[str, torch.Tensor]:
@@ -41,7 +64,7 @@ def stage_parameter_gradients(sweep) -> dict[str, torch.Tensor]:
     for every parameter of the controls (names as in ``controls.named_parameters()``).
 
     The stage values θ(t_s) = Σ_j φ_j(t_s) θ_j are leaves; the kernel's knot tensors are
-    evaluated from them (one "knot" per stage), the operators built per stage, and
+    evaluated from them (one "knot" per stage, :func:`stage_operators`), and
     −Σ_s ⟨λ̃_s, f(Y_s, θ(t_s))⟩ differentiated once.
     """
     net, grid = sweep.net, sweep.grid
@@ -52,17 +75,9 @@ def stage_parameter_gradients(sweep) -> dict[str, torch.Tensor]:
         stage = {n: torch.tensordot(kw, p.detach(), dims=([1], [0])) for n, p in params.items()}
     leaves = {n: v.clone().requires_grad_(True) for n, v in stage.items()}
     lam = sweep.Lam / sweep.weights[:, None, None]
-    S = sweep.Y.shape[0]
-    kern = ctrl.kernel
     with torch.enable_grad():
-        kparams = {n[len("kernel."):]: v for n, v in leaves.items() if n.startswith("kernel.")}
-        knots = torch.func.functional_call(_KnotCall(kern), {f"kernel.{n}": v
-                                                              for n, v in kparams.items()},
-                                           (grid,))
-        ops = [kern.make_op([x[s] for x in knots], grid) for s in range(S)]
-        P = _basis.basis_matrix(grid.nodes, ctrl.size, ctrl.space_basis).to(leaves["b"].dtype)
-        b = (leaves["b"] @ P.T).reshape(S, -1)
-        F = net.dynamics.reaction_batched(sweep.Y, ops, b)
+        A, b = stage_operators(ctrl, grid, leaves)
+        F = net.dynamics.reaction_batched(sweep.Y, A, b)
         names = list(leaves)
         grads = torch.autograd.grad((lam * F).sum(), [leaves[n] for n in names],
                                     allow_unused=True)

@@ -75,23 +75,14 @@ class Sweep:
         return torch.stack([k.detach() for k in self.slopes])
 
 
-def check_network(net: ContinuumNetwork, disc: Discretization, kernels: bool = False) -> None:
-    """Raise unless the PMP machinery applies: grid controls (or, with ``kernels``, structured
-    :class:`~pdenets.kernels.KernelControls` of MODEL.md §10) and a fixed-step explicit RK."""
+def check_network(net: ContinuumNetwork, disc: Discretization) -> None:
+    """Raise unless the PMP machinery applies: grid controls or structured
+    :class:`~pdenets.kernels.KernelControls` (MODEL.md §10; every family, any channels) and a
+    fixed-step explicit RK solver."""
     ctrl = net.controls
-    if not isinstance(ctrl, GridControls):
-        if isinstance(ctrl, KernelControls):
-            if not kernels:
-                kind = ctrl.kernel.config().get("kind", "kernel")
-                kind = "+".join(p["kind"] for p in ctrl.kernel.config()["parts"]) \
-                    if kind == "sum" else kind
-                raise PdenetsError(
-                    f"msa with model.kernel = {kind} is not supported: the MSA maximizes the "
-                    f"Hamiltonian over the knot values of GridControls (dense kernels); use "
-                    f"model.kernel = dense or a gradient method (adam, sgd, lbfgs)")
-        else:
-            raise PdenetsError("PMP/MSA needs GridControls or KernelControls (knot-based "
-                               f"controls), got {type(ctrl).__name__}")
+    if not isinstance(ctrl, (GridControls, KernelControls)):
+        raise PdenetsError("PMP/MSA needs GridControls or KernelControls (knot-based "
+                           f"controls), got {type(ctrl).__name__}")
     s = disc.solver
     if not isinstance(s, ExplicitRK) or s.adaptive:
         raise PdenetsError(
@@ -110,7 +101,7 @@ def forward_sweep(net: ContinuumNetwork, inputs: torch.Tensor,
     :func:`costate_sweep` can differentiate them.
     """
     disc = disc or net.discretization
-    check_network(net, disc, kernels=True)
+    check_network(net, disc)
     grid = net.grid(disc.width)
     u = net.initial_state(inputs, grid)
     ctrl = net.controls
@@ -179,6 +170,27 @@ def costate_rhs_batched(dynamics, Y, A, b, p) -> torch.Tensor:
     return dynamics.vjp_u_batched(Y, A, b, p)
 
 
+def _stage_entries(kw: torch.Tensor):
+    """The block-Jacobi entries of the MSA (see :mod:`pdenets.pontryagin`): one per stage s and
+    knot j with φ_j(t_s) ≠ 0, as tensors ``(stage, owner knot, owner weight, other knot,
+    other weight)`` (the other knot is the stage's second nonzero basis function, if any, held
+    at its old value; else the owner with weight 0)."""
+    st, own, wown, oth, woth = [], [], [], [], []
+    for s in range(kw.shape[0]):
+        nz = [(j, float(kw[s, j])) for j in range(kw.shape[1]) if float(kw[s, j]) != 0.0]
+        for j, wj in nz:
+            rest = [(i, wi) for i, wi in nz if i != j]
+            st.append(s)
+            own.append(j)
+            wown.append(wj)
+            oth.append(rest[0][0] if rest else j)
+            woth.append(rest[0][1] if rest else 0.0)
+    dev, dt = kw.device, kw.dtype
+    return (torch.tensor(st, device=dev), torch.tensor(own, device=dev),
+            torch.tensor(wown, dtype=dt, device=dev), torch.tensor(oth, device=dev),
+            torch.tensor(woth, dtype=dt, device=dev))
+
+
 def _knot_matrices(ctrl: GridControls, grid, W: torch.Tensor, B: torch.Tensor):
     """Nodal (A_j, b_j) of knot values (W, B) on ``grid`` (as GridControls.discretize)."""
     P = ctrl.basis_matrix(grid.nodes).to(W.dtype)
@@ -196,7 +208,7 @@ def _dual_sq(Gw: torch.Tensor, Gb: torch.Tensor, Minv: torch.Tensor) -> torch.Te
     return w + ((Gb @ Minv) * Gb).sum(-1)
 
 
-def _time_mass_diag(ctrl: GridControls) -> tuple[torch.Tensor, torch.Tensor]:
+def _time_mass_diag(ctrl: GridControls | KernelControls) -> tuple[torch.Tensor, torch.Tensor]:
     """(∫φ_j² dt, number of depth neighbours of knot j) of the depth basis."""
     K, d = ctrl.n_knots, ctrl.T / ctrl.intervals
     if ctrl.time_basis == "constant":
@@ -211,7 +223,7 @@ def _time_mass_diag(ctrl: GridControls) -> tuple[torch.Tensor, torch.Tensor]:
     return m, deg
 
 
-def _knot_integrals(ctrl: GridControls) -> torch.Tensor:
+def _knot_integrals(ctrl: GridControls | KernelControls) -> torch.Tensor:
     """∫_0^T φ_j dt per knot."""
     K, d = ctrl.n_knots, ctrl.T / ctrl.intervals
     if ctrl.time_basis == "constant":
