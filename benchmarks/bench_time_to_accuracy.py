@@ -113,6 +113,7 @@ def run_pdenets(method: str | None, seed: int, sizes: Sizes, device: str = "cpu"
     x_te, y_te = ds.tensors("test", tr.dtype, tr.device)
 
     def epoch_fn(epoch):  # as Trainer.fit, without its per-epoch validation
+        tr.epoch = epoch  # the method's clock (multilevel: the level of this epoch)
         for g in tr.optimizer.param_groups:
             g["lr"] = g.setdefault("initial_lr", g["lr"]) * lr_factor(cfg, epoch)
         tr.net.train()

@@ -255,9 +255,17 @@ def test_level_epochs_is_a_list_and_the_old_string_is_deprecated(tmp_path):
         f = load_config(_file(tmp_path, '[train]\nlevels = 3\nlevel_epochs = "3,2,1"\n'),
                         SMALL)
     assert f.train.level_epochs == [3, 2, 1]
-    with pytest.warns(DeprecationWarning):  # an old config.toml / checkpoint: "" = even split
-        even = config_from_dict({"train": {"epochs": 10, "levels": 3, "level_epochs": ""}})
+    with pytest.warns(DeprecationWarning):  # an old config.toml / checkpoint: "" = the default
+        even = config_from_dict({"train": {"epochs": 10, "levels": 3, "level_epochs": "",
+                                           "fine_fraction": 0}})
     assert even.train.level_epochs == [] and level_epochs(even) == [3, 3, 4]
+    # the default split: round(fine_fraction · epochs) at the finest level, the rest even
+    split = config_from_dict({"train": {"epochs": 80, "levels": 3, "fine_fraction": 0.125}})
+    assert level_epochs(split) == [35, 35, 10]
+    few = config_from_dict({"train": {"epochs": 1, "levels": 2}})
+    assert level_epochs(few) == [0, 1]  # a coarse level without epochs is skipped
+    with pytest.raises(ConfigError, match="fine_fraction"):
+        config_from_dict({"train": {"fine_fraction": 1.0}})
     with pytest.raises(ConfigError, match="needs 3 positive integers"):
         load_config(None, SMALL + ["train.levels=3", "train.level_epochs=[3, 0, 1]"])
     with pytest.raises(ConfigError, match="needs 2 positive integers"):
@@ -282,3 +290,15 @@ def test_python_built_config_is_checked_and_normalized():
     cfg.objective.alpha = float("nan")
     with pytest.raises(ConfigError, match="objective.alpha: must be a finite number"):
         validate(cfg)
+
+
+def test_checkpoints_written_before_the_euler_levels_resume_with_their_old_split():
+    """A saved configuration lacking ``train.level_solver`` and ``train.fine_fraction`` (a
+    checkpoint written before they existed) keeps the behaviour it was trained with."""
+    from pdenets.training.checkpoint import _legacy_keys
+
+    old = {"train": {"method": "multilevel", "levels": 2, "epochs": 10, "level_coarsen": "all"}}
+    cfg = config_from_dict(_legacy_keys(old))
+    assert cfg.train.level_solver == "" and level_epochs(cfg) == [5, 5]
+    new = config_from_dict(old)  # a user's file: today's defaults
+    assert new.train.level_solver == "euler" and level_epochs(new) == [9, 1]

@@ -266,7 +266,8 @@ def test_torchrun_equals_one_process_run(runs, tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--nproc", "0"], "--nproc: must be >= 1"),
     (["--nproc", "2", "--set", "train.method=msa"], "does not support data-parallel"),
-    (["--nproc", "2", "--set", "train.method=multilevel"], "does not support data-parallel"),
+    (["--nproc", "2", "--set", "train.method=multilevel", "--set", "train.level_method=msa"],
+     "does not support data-parallel"),
 ])
 def test_bad_nproc(tmp_path, capsys, args, words):
     from pdenets.cli import main

@@ -199,7 +199,7 @@ def test_multilevel_training_with_conv_kernel():
                              "model.intervals=2", "model.width=8", "model.control_size=5",
                              "model.kernel=conv", "train.method=multilevel", "train.levels=2",
                              "train.level_method=adam", "train.lr=0.05",
-                             "train.level_epochs=[1, 1]"])
+                             "train.level_epochs=[1, 1]", "train.level_coarsen=all"])
     tr = MultilevelTrainer(cfg, load_dataset("iris"))
     assert tr.net.controls.size == (3,)
     res = tr.fit()

@@ -18,7 +18,8 @@ from pdenets.multilevel import MultilevelTrainer, level_configs, prolong_network
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SMALL = ["data.name=iris", "train.batch_size=32", "model.steps=4", "model.intervals=2",
-         "model.width=8", "model.control_size=5", "train.method=multilevel", "train.levels=2"]
+         "model.width=8", "model.control_size=5", "train.method=multilevel", "train.levels=2",
+         "train.level_coarsen=all", "train.level_solver=", "train.fine_fraction=0"]
 
 
 def _rough(net, seed=0):

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and 
 
 # early stopping (patience 1: the uninterrupted run stops after epoch 5 of 12), the best
 # epoch's controls kept, a checkpoint every 2 epochs
-SETS = ["data.name=iris", "train.epochs=12", "train.patience=1", "train.lr=0.02",
-        "train.schedule=constant", "train.keep=best", "train.checkpoint_every=2",
+SETS = ["data.name=iris", "train.method=adam", "train.epochs=12", "train.patience=1",
+        "train.lr=0.02", "train.schedule=constant", "train.keep=best", "train.checkpoint_every=2",
         "train.batch_size=32", "model.steps=4", "model.intervals=2", "model.width=8",
         "model.control_size=5"]
 # one intra-op thread: the killed runs are forked children, and a forked child must not enter

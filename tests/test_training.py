@@ -16,13 +16,14 @@ from pdenets.data import load_dataset, preprocess
 from pdenets.errors import ConfigError, PdenetsError
 from pdenets.training import Trainer, run_training
 
-SMALL = ["data.name=iris", "train.epochs=4", "train.batch_size=32", "model.steps=4",
-         "model.intervals=2", "model.width=8", "model.control_size=5"]
+SMALL = ["data.name=iris", "train.method=adam", "train.epochs=4", "train.batch_size=32",
+         "model.steps=4", "model.intervals=2", "model.width=8", "model.control_size=5"]
 
 
 def test_config_defaults_overrides_and_errors(tmp_path):
     cfg = load_config()
-    assert cfg.data.name == "digits" and cfg.train.method == "adam"
+    assert cfg.data.name == "digits" and cfg.train.method == "multilevel"
+    assert cfg.train.level_solver == "euler" and cfg.model.solver == "rk4"
     from pdenets import _limits
 
     with _limits.allow_large():  # digits at 32×32 nodes, full-batch L-BFGS: ~40 h estimated

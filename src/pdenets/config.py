@@ -77,7 +77,7 @@ class ObjectiveConfig:
 class TrainConfig:
     """``[train]``: optimization method and its parameters."""
 
-    method: str = "adam"
+    method: str = "multilevel"
     epochs: int = 80
     batch_size: int = 64
     lr: float = 0.02
@@ -111,15 +111,18 @@ class TrainConfig:
     msa_readout_steps: int = 10
     msa_adapt_rho: bool = True
     # multilevel (coarse-to-fine) training (MODEL.md §2)
-    levels: int = 3
+    levels: int = 2
     level_method: str = "adam"
-    #: epochs per level, coarse to fine (empty: an even split of ``epochs``); the old
+    #: epochs per level, coarse to fine (empty: from ``fine_fraction``); the old
     #: comma-separated string is still read, with a DeprecationWarning
     level_epochs: list[int] = field(default_factory=list, metadata={"legacy_csv": True})
-    level_coarsen: str = "all"
+    #: share of ``epochs`` trained at the finest level when ``level_epochs`` is empty (at
+    #: least one epoch; 0: an even split); the coarse levels share the rest evenly
+    fine_fraction: float = 0.125
+    level_coarsen: str = "none"
     #: depth solver of the coarse levels ("" = model.solver): e.g. explicit Euler, the ResNet
     #: that the model's Euler discretization is, before the finest level's accurate solver
-    level_solver: str = ""
+    level_solver: str = "euler"
 
 
 @dataclass
@@ -272,6 +275,8 @@ def validate(cfg: Config) -> None:
            ("all", "discretization", "controls", "depth", "none"))
     if t.level_solver:
         choice("train.level_solver", t.level_solver, tuple(SOLVERS))
+    if not 0 <= t.fine_fraction < 1:
+        raise ConfigError(f"train.fine_fraction: must be in [0, 1), got {t.fine_fraction}")
     if t.level_epochs and (len(t.level_epochs) != t.levels or min(t.level_epochs) < 1):
         raise ConfigError(f"train.level_epochs: needs {t.levels} positive integers (one per "
                           f"level, coarse to fine), got {t.level_epochs!r}")

@@ -9,8 +9,9 @@ exactly the coarse network's outputs at any common discretization; otherwise it 
 
 :class:`MultilevelTrainer` (``train.method = "multilevel"``) trains ``train.levels`` levels,
 coarse to fine, with the optimizer ``train.level_method`` (adam, sgd, lbfgs or msa) and
-``train.level_epochs`` epochs per level (a list, coarse to fine; default: an even
-split of ``train.epochs``, the remainder to the finest level). Level ℓ = L−1 is the configured
+``train.level_epochs`` epochs per level (a list, coarse to fine; default: the share
+``train.fine_fraction`` of ``train.epochs`` at the finest level, the rest split evenly over the
+coarse ones; with ``fine_fraction = 0`` an even split). Level ℓ = L−1 is the configured
 model; level ℓ is coarser by the factor f = 2^(L−1−ℓ) in what ``train.level_coarsen`` selects:
 
 * ``all`` (default): width nodes per axis (÷f, at least 4), depth steps (÷f, at least 1),
@@ -153,6 +154,32 @@ def _coarse_size(s: int, f: int, basis: str = "linear") -> int:
     return max(2, (s - 1) // f + 1) if (s - 1) % f == 0 else max(2, math.ceil((s - 1) / f) + 1)
 
 
+def _solver_levels(cfg: Config) -> list[Config]:
+    """Level configurations that differ in solver, method and epochs only (``level_coarsen =
+    none``, also for data given as tensors: no dataset is needed)."""
+    t = cfg.train
+    epochs = level_epochs(cfg)
+    out = []
+    for ell in range(t.levels):
+        c = copy.deepcopy(cfg)
+        if t.level_solver and ell < t.levels - 1:
+            c.model.solver = t.level_solver
+        c.train.method = t.level_method
+        c.train.epochs = epochs[ell]
+        out.append(c)
+    return out
+
+
+def _resolve(net: ContinuumNetwork, lcfg: Config) -> ContinuumNetwork:
+    """``net`` with the depth solver of the level configuration ``lcfg`` (width and steps of
+    its own discretization)."""
+    from .integrators import make_solver
+
+    d = net.discretization
+    net.discretization = Discretization(d.width, make_solver(lcfg.model.solver), d.steps)
+    return net
+
+
 def level_configs(cfg: Config, ds) -> list[Config]:
     """Configurations of the levels, coarse to fine (the last one is ``cfg``'s model with
     the width and control size resolved), each with ``train.method = train.level_method``
@@ -189,10 +216,19 @@ def level_configs(cfg: Config, ds) -> list[Config]:
 
 
 def level_epochs(cfg: Config) -> list[int]:
-    """Epochs per level: ``train.level_epochs`` or an even split of ``train.epochs``."""
+    """Epochs per level: ``train.level_epochs``; else round(``fine_fraction`` · ``epochs``)
+    (at least 1) at the finest level and the rest split evenly over the coarse ones (a coarse
+    level may get none when ``epochs`` is small: it is then skipped); with
+    ``fine_fraction = 0`` an even split, the remainder to the finest level."""
     t = cfg.train
     if t.level_epochs:
         return [int(v) for v in t.level_epochs]
+    if t.fine_fraction > 0 and t.levels > 1:
+        fine = min(t.epochs, max(1, round(t.fine_fraction * t.epochs)))
+        rest = t.epochs - fine
+        coarse = [rest // (t.levels - 1)] * (t.levels - 1)
+        coarse[-1] += rest - sum(coarse)
+        return [*coarse, fine]
     base = max(1, t.epochs // t.levels)
     eps = [base] * t.levels
     eps[-1] = max(1, t.epochs - base * (t.levels - 1))
@@ -215,8 +251,25 @@ class MultilevelMethod(Method):
         self.level = -1
         self.inner: Trainer | None = None
 
+    @classmethod
+    def delegate(cls, cfg: Config) -> str | None:
+        """Every level trains with ``train.level_method`` (data parallel where it is)."""
+        return cfg.train.level_method
+
     def prepare(self, cfg: Config, ds) -> Config:
-        self.level_cfgs = level_configs(cfg, ds)
+        from .data import Dataset
+
+        self.same_representation = cfg.train.level_coarsen == "none"
+        if not isinstance(ds, Dataset):
+            if not self.same_representation:
+                raise PdenetsError(
+                    f"train.method = multilevel with train.level_coarsen = "
+                    f"{cfg.train.level_coarsen!r} builds each level's network from a dataset; "
+                    f"with data given as tensors use train.level_coarsen = 'none' (levels that "
+                    f"differ in their solver only) or another train.method")
+            self.level_cfgs = _solver_levels(cfg)
+        else:
+            self.level_cfgs = level_configs(cfg, ds)
         self.level_epochs = level_epochs(cfg)
         self.bounds = [0]
         for e in self.level_epochs:
@@ -230,12 +283,16 @@ class MultilevelMethod(Method):
         return build_network(self.level_cfgs[0], ds)
 
     def attach(self, trainer: Trainer) -> None:
-        self._set_level(trainer, 0, trainer.net)
+        net = trainer.net
+        if self.same_representation:  # a given network: its own width and steps (a copy:
+            net = _resolve(copy.deepcopy(net), self.level_cfgs[0])  # the caller's stays as is)
+        self._set_level(trainer, 0, net)
 
     # -- levels -----------------------------------------------------------------------------
     def _make_inner(self, trainer: Trainer, level: int, net: ContinuumNetwork) -> Trainer:
         lcfg = self.level_cfgs[level]
-        inner = Trainer(lcfg, self.ds, net, method=get_method(lcfg.train.method)(lcfg))
+        inner = Trainer(lcfg, self.ds, net, method=get_method(lcfg.train.method)(lcfg),
+                        objective=trainer.objective, adjoint=trainer.adjoint, dist=trainer.dist)
         inner.generator = trainer.generator  # one shuffling stream, saved in the checkpoint
         return inner
 
@@ -250,10 +307,20 @@ class MultilevelMethod(Method):
         trainer.best_state = trainer._snapshot()
         trainer.stale = 0
 
-    def _template(self, level: int) -> ContinuumNetwork:
+    def _template(self, level: int, net: ContinuumNetwork | None = None) -> ContinuumNetwork:
+        """The network of ``level``: built from its configuration, or (``level_coarsen =
+        none``) ``net`` — by default the trainer's — integrated with the level's solver."""
+        if self.same_representation:
+            base = net if net is not None else self.inner.net if self.inner else None
+            if base is not None:
+                return _resolve(copy.deepcopy(base), self.level_cfgs[level])
         return build_network(self.level_cfgs[level], self.ds)
 
     def _advance(self, trainer: Trainer) -> None:
+        if self.same_representation:  # the same functions: only the solver changes
+            self._set_level(trainer, self.level + 1,
+                            _resolve(copy.deepcopy(trainer.net), self.level_cfgs[self.level + 1]))
+            return
         tmpl = self._template(self.level + 1)
         tctrl = tmpl.controls
         if not isinstance(tctrl, (GridControls, KernelControls)):
@@ -309,7 +376,7 @@ class MultilevelMethod(Method):
             epoch = 0  # the trainer reports the mismatch
         level = self.level_of_epoch(epoch - 1) if epoch > 0 else 0
         if level != self.level:
-            self._set_level(trainer, level, self._template(level))
+            self._set_level(trainer, level, self._template(level, trainer.net))
 
     def after_load(self, trainer: Trainer) -> None:
         assert self.inner is not None
@@ -318,7 +385,8 @@ class MultilevelMethod(Method):
     def result_metrics(self, trainer: Trainer) -> dict:
         assert self.inner is not None
         return {"levels": [
-            {"width": c.model.width, "steps": c.model.steps, "control_size": c.model.control_size,
+            {"width": c.model.width, "steps": c.model.steps, "solver": c.model.solver,
+             "control_size": c.model.control_size,
              "intervals": c.model.intervals, "epochs": e, "method": c.train.method}
             for c, e in zip(self.level_cfgs, self.level_epochs)],
             **self.inner.method.result_metrics(self.inner)}

@@ -115,13 +115,30 @@ def checkpoint_info(path: str | os.PathLike, *, data: bytes | None = None) -> di
     return info
 
 
+#: keys added to the configuration after checkpoints were first written, with the value that
+#: reproduces the behaviour of a checkpoint that lacks them (not the new default)
+LEGACY_VALUES = {"train": {"level_solver": "", "fine_fraction": 0.0}}
+
+
+def _legacy_keys(d):
+    """A saved configuration with the keys it predates set to their old behaviour."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for section, keys in LEGACY_VALUES.items():
+        sec = out.get(section)
+        if isinstance(sec, dict):
+            out[section] = {**keys, **sec}
+    return out
+
+
 def checkpoint_config(path: str | os.PathLike) -> Config:
     """The configuration stored in the checkpoint ``path``, validated like a configuration
     file; a damaged checkpoint raises :class:`~pdenets.errors.ModelFileError`."""
     path = Path(path)
     try:
         info = checkpoint_info(path)
-        return config_from_dict(info["config"])
+        return config_from_dict(_legacy_keys(info["config"]))
     except (ModelFileError, ConfigError, KeyError) as e:
         msg = e if isinstance(e, PdenetsError) else f"KeyError: {e}"
         raise ModelFileError(

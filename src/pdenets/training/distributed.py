@@ -34,8 +34,9 @@ with ``torch.multiprocessing``) or by ``torchrun`` (:func:`from_env` reads ``RAN
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). The backend is gloo for
 ``device = "cpu"`` and NCCL for ``device = "cuda"`` (rank r on ``cuda:LOCAL_RANK``).
 
-The methods that do their own sweeps over the data (``msa``, ``multilevel``) are refused with
-W > 1 (:func:`check_method`); ``adam``, ``sgd`` and ``lbfgs`` are supported.
+The methods that do their own sweeps over the data (``msa``) are refused with W > 1
+(:func:`check_method`); ``adam``, ``sgd`` and ``lbfgs`` are supported, and ``multilevel`` with
+a supported ``train.level_method`` (each level trains with that method, data-parallel).
 """
 
 from __future__ import annotations
@@ -90,18 +91,24 @@ def env_rank() -> int:
     return _env_int("RANK", 0)
 
 
-def check_method(method: str | type[Method] | Method) -> None:
+def check_method(method: str | type[Method] | Method, cfg: Any = None) -> None:
     """Refuse an optimization method that data-parallel training does not support.
 
     Supported are the methods whose epoch is the minibatch loop or the full-batch L-BFGS loop
-    of :mod:`pdenets.training.methods` (``adam``, ``sgd``, ``lbfgs``); ``msa`` and
-    ``multilevel`` (and any method with an epoch of its own) raise
+    of :mod:`pdenets.training.methods` (``adam``, ``sgd``, ``lbfgs``), and a method that
+    delegates its epochs to one of them (:meth:`Method.delegate
+    <pdenets.training.methods.Method.delegate>` for the configuration ``cfg``: ``multilevel``
+    with ``train.level_method``); ``msa`` (and any method with an epoch of its own) raises
     :class:`~pdenets.errors.ConfigError`.
     """
     from .methods import LBFGS, Method, get_method
 
     cls = get_method(method) if isinstance(method, str) else (
         method if isinstance(method, type) else type(method))
+    inner = cls.delegate(cfg) if cfg is not None else None
+    if inner is not None:
+        check_method(inner)
+        return
     if cls.train_epoch not in (Method.train_epoch, LBFGS.train_epoch):
         raise ConfigError(
             f"train.method = {cls.name!r} does not support data-parallel training "
@@ -206,7 +213,7 @@ class Distributed:
     def check(self, trainer: Trainer) -> None:
         """Refuse a trainer this context cannot run (see :func:`check_method`)."""
         if self.world > 1:
-            check_method(trainer.method)
+            check_method(trainer.method, trainer.cfg)
 
     # -- the training step --------------------------------------------------------------------
     def shard(self, n: int) -> slice:

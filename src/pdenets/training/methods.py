@@ -127,6 +127,12 @@ class Method:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
 
+    @classmethod
+    def delegate(cls, cfg: Config) -> str | None:
+        """The method that does this method's epochs (its data-parallel support is that
+        method's; :func:`pdenets.training.distributed.check_method`), or None: its own."""
+        return None
+
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self, cfg: Config, ds: Any) -> Config:
         """The configuration the trainer's loop runs with (default: ``cfg``)."""

@@ -129,7 +129,7 @@ def run_training(cfg: Config, out: str | os.PathLike, *, resume: bool = False,
                 env.close()
         if nproc > 1:
             if not resume:
-                _distributed.check_method(cfg.train.method)
+                _distributed.check_method(cfg.train.method, cfg)
             return _distributed.spawn(_rank_main, nproc, cfg, str(out), resume, progress, plots,
                                       overwrite, device=cfg.device)
         dist = _distributed.Distributed()
@@ -188,7 +188,7 @@ def _run(cfg: Config, out: Path, resume: bool, progress: bool, plots: bool, over
                     print(f"no checkpoint in {str(work)!r} (the run was interrupted before "
                           f"its first one): starting the run afresh", file=sys.stderr)
             if dist.world > 1:
-                _distributed.check_method(cfg.train.method)
+                _distributed.check_method(cfg.train.method, cfg)
                 if (dist.backend == "nccl") != cfg.device.startswith("cuda"):
                     raise PdenetsError(f"device: the run is configured for {cfg.device!r} but "
                                        f"its processes were started with {dist.backend}; "
