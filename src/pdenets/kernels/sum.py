@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import PdenetsError
-from ._ops import SumOp
+from ._ops import DenseSumOp, SumOp
 from .base import Kernel
 from .conv import ConvKernel
 from .lowrank import LowRankKernel
@@ -47,7 +47,8 @@ class SumKernel(Kernel):
             n = 2 if isinstance(p, LowRankKernel) else 1
             ops.append(p.make_op(tensors[i:i + n], grid))
             i += n
-        return SumOp(ops)
+        # small grids (the digits at 8×8): one materialized matrix, as fast as a dense kernel
+        return DenseSumOp(ops) if DenseSumOp.fits(ops) else SumOp(ops)
 
     def dense_knots(self, grid):
         return torch.stack([p.dense_knots(grid) for p in self.parts]).sum(0)
