@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdenets.kernels import ConvKernel, LowRankKernel, SumKernel, conv
-from pdenets.kernels._ops import DenseSumOp, SumOp
+from pdenets.kernels._ops import DenseOp, DenseSumOp, SumOp
 from pdenets.quadrature import Midpoint, Trapezoid
 
 F64 = torch.float64
@@ -131,8 +131,26 @@ def test_lowrank_time_derivative_norm_against_finite_differences():
     assert abs(fd - float(k.norms()[1].detach())) < 1e-5 * abs(fd)
 
 
-@pytest.mark.parametrize("time_basis", ["linear", "constant"])
-def test_dense_sum_op_equals_sum_of_parts(time_basis):
+def test_sum_piecewise_constant_in_depth_is_one_matrix_per_knot():
+    grid = Midpoint((4, 5), dim=2).grid(F64)
+    cv = _random(ConvKernel(2, 0.5, 3, 3, time_basis="constant", channels=2), 1)
+    lr = _random(LowRankKernel(2, 3, 2, 3, time_basis="constant", channels=2), 2)
+    s = SumKernel([cv, lr])
+    assert s.is_dense_on(grid)
+    (A,) = s.knot_tensors(grid)
+    for t in (0.1, 0.5, 0.9):
+        ref = cv.dense_matrix(grid, t) + lr.dense_matrix(grid, t)
+        assert torch.allclose(s.time.value(A, t), ref, atol=1e-12, rtol=0)
+        assert isinstance(s.make_op([s.time.value(A, t)], grid), DenseOp)
+    # the linear depth basis keeps the parts (their product is not linear in depth)
+    lin = SumKernel([_random(ConvKernel(2, 0.5, 3, 3, channels=2)),
+                     _random(LowRankKernel(2, 3, 2, 3, channels=2))])
+    assert not lin.is_dense_on(grid)
+    assert len(lin.knot_tensors(grid)) == 3
+
+
+def test_dense_sum_op_equals_sum_of_parts():
+    time_basis = "linear"
     grid = Midpoint((4, 5), dim=2).grid(F64)
     cv = _random(ConvKernel(2, 0.5, 3, 2, time_basis=time_basis, channels=2), 1)
     lr = _random(LowRankKernel(2, 3, 2, 2, time_basis=time_basis, channels=2), 2)
@@ -159,3 +177,25 @@ def test_dense_sum_op_equals_sum_of_parts(time_basis):
     rebuilt = op.rebuild([v.detach() for v in vals])
     assert isinstance(rebuilt, DenseSumOp)
     assert torch.allclose(rebuilt.matrix(), op.matrix().detach(), atol=0, rtol=0)
+
+
+def test_lowrank_batched_norms_piecewise_constant_in_depth():
+    # piecewise constant: ∫‖w‖² = Δ Σ_k ‖w_k‖², the depth term Σ_k ‖w_{k+1} − w_k‖² / Δ, with
+    # w_k the dense coefficient matrices Gᵀ H of each channel pair
+    k = _random(LowRankKernel(2, 3, 2, 3, T=1.5, time_basis="constant", channels=2), 4)
+    M, S = k._mass(), k._mass(stiff=True)
+    d = k.time.delta
+
+    def W(j):
+        return torch.stack([torch.stack([k.g[j, c].T @ k.h[j, e] for e in range(2)])
+                            for c in range(2)])  # (C, C, Nc, Nc)
+
+    def nrm(A, Mg, Mh):
+        return (torch.einsum("pq,cdqr,rs->cdps", Mg, A, Mh) * A).sum()
+
+    Ws = [W(j) for j in range(k.n_knots)]
+    sq = d * sum(nrm(A, M, M) for A in Ws)
+    dsq = sum(nrm(b - a, M, M) for a, b in zip(Ws[:-1], Ws[1:])) / d
+    grad = d * sum(nrm(A, S, M) + nrm(A, M, S) for A in Ws)
+    for a, b in zip(k.norms(spatial=True), (sq, dsq, grad)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=0)

@@ -287,6 +287,8 @@ def lin(u: torch.Tensor, A, b: torch.Tensor) -> torch.Tensor:
     """``∫ w u dy + b`` at the nodes: ``u Aᵀ + b`` (dense) or ``A.apply(u) + b``."""
     if isinstance(A, torch.Tensor):
         return torch.addmm(b, u, A.T)
+    if isinstance(A, DenseSumOp):  # one fused product, as a dense kernel's
+        return torch.addmm(b, u, A.A.T)
     return A.apply(u) + b
 
 

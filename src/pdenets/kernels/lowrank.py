@@ -91,20 +91,18 @@ class LowRankKernel(Kernel):
     def norms(self, spatial=False):
         M = self._mass()
         g, h, tm = self.g, self.h, self.time
-        zero = g.new_zeros(())
-        if tm.basis == "constant":
-            sq = tm.delta * sum((self._sq(g[k], h[k], M, M) for k in range(tm.n_knots)), zero)
-            dsq = zero
-            for k in range(tm.n_knots - 1):
-                Gc = torch.cat([g[k + 1], -g[k]], 1)
-                Hc = torch.cat([h[k + 1], h[k]], 1)
-                dsq = dsq + self._sq(Gc, Hc, M, M) / tm.delta
-            out = [sq, dsq]
-            if spatial:
-                S = self._mass(stiff=True)
-                out.append(tm.delta * sum((self._sq(g[k], h[k], S, M) + self._sq(g[k], h[k], M, S)
-                                           for k in range(tm.n_knots)), zero))
-            return tuple(out)
+        if tm.basis == "constant":  # all knots at once: (K, C, R, Nc) batched products
+            sq = tm.delta * self._sq_points(g, h, M, M).sum()
+            dsq = g.new_zeros(())
+            if tm.n_knots > 1:  # jumps w_{k+1} − w_k: rank-2R kernels
+                Gc = torch.cat([g[1:], -g[:-1]], 2)
+                Hc = torch.cat([h[1:], h[:-1]], 2)
+                dsq = self._sq_points(Gc, Hc, M, M).sum() / tm.delta
+            if not spatial:
+                return sq, dsq
+            S = self._mass(stiff=True)
+            return sq, dsq, tm.delta * (self._sq_points(g, h, S, M)
+                                        + self._sq_points(g, h, M, S)).sum()
         # ‖w(t)‖² is a quartic in t on each interval: 3-point Gauss–Legendre on every
         # interval, all points at once (one batched product instead of a loop of small ones)
         wq, Pv, Pd = self._gauss_maps()
