@@ -199,3 +199,36 @@ def test_lowrank_batched_norms_piecewise_constant_in_depth():
     grad = d * sum(nrm(A, S, M) + nrm(A, M, S) for A in Ws)
     for a, b in zip(k.norms(spatial=True), (sq, dsq, grad)):
         assert torch.allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_lattice_kernel_off_its_lattice_refuses_a_huge_dense_matrix(monkeypatch):
+    from pdenets import _limits
+
+    monkeypatch.delenv(_limits.ENV_VAR, raising=False)
+    monkeypatch.setattr(_limits, "memory_limit", lambda: 2**20)  # 1 MiB
+    k = _random(ConvKernel(2, 0.25, 4, 2, space_basis="constant", lattice=True))
+    assert k.lattice_shape == (8, 8)
+    on = Midpoint((8, 8), dim=2).grid(F64)
+    assert k.plan(on) == "matrix"
+    k.knot_tensors(on)  # on its lattice: no dense fallback
+    off = Midpoint((64, 64), dim=2).grid(F64)  # 4096 nodes: (C·N)² matrices of 64 MiB
+    assert k.plan(off) == "dense"
+    with pytest.raises(_limits.SizeLimitError, match="lattice kernel off its 8×8 lattice"):
+        k.knot_tensors(off)
+    # a small grid off the lattice still falls back to the dense evaluation
+    small = Midpoint((16, 16), dim=2).grid(F64)
+    monkeypatch.setattr(_limits, "memory_limit", lambda: 2**26)
+    A = k.time.value(k.knot_tensors(small)[0], 0.3).detach()
+    x = small.nodes
+    # reference: k̄ at the displacements of the pixel centres holding the nodes
+    cen = (torch.floor(x * 8) + 0.5) / 8
+    z = (cen[:, None, :] - cen[None, :, :]).reshape(-1, 2)
+    ref = (k.basis_at(z) @ k.time.value(k.k.detach(), 0.3)[0, 0]).reshape(small.n, small.n)
+    assert torch.allclose(A, ref * small.weights[None, :], atol=1e-13, rtol=0)
+    # non-uniform rules: the error names the rule
+    from pdenets.quadrature import GaussLegendre
+
+    gl = GaussLegendre((64, 64), dim=2).grid(F64)
+    monkeypatch.setattr(_limits, "memory_limit", lambda: 2**20)
+    with pytest.raises(_limits.SizeLimitError, match="not a uniform grid"):
+        k.knot_tensors(gl)

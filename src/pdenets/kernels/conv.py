@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _basis
+from .. import _basis, _limits
 from .._basis import SPACE_BASES
 from .._checks import check_choice
 from ..errors import PdenetsError
@@ -251,7 +251,29 @@ class ConvKernel(Kernel):
         n = torch.tensor(self.lattice_shape, dtype=torch.float64, device=x.device)
         return (torch.minimum(torch.floor(x * n), n - 1) + 0.5) / n
 
+    def _check_dense_size(self, grid: Grid) -> None:
+        """Refuse the dense fallback (non-uniform rules, a lattice kernel off its lattice,
+        ``method="dense"``) when its memory — the basis at N² displacements and K matrices
+        ``(C·N)²`` with their gradients — exceeds the limit of :mod:`pdenets._limits`, with
+        an error that says why the evaluation is dense (:class:`~pdenets._limits.SizeLimitError`;
+        the override of that module lifts it)."""
+        N, C, K = grid.n, self.channels, self.n_knots
+        item = self.k.element_size()
+        nbytes = float(N) * N * (math.prod(self.size) * 8 + 3 * K * C * C * item)
+        if self.method == "dense":
+            why = "method='dense'"
+        elif self.lattice and self.uniform(grid):
+            lat = "×".join(map(str, self.lattice_shape))
+            why = (f"a lattice kernel off its {lat} lattice; evaluate it on the {lat} "
+                   f"midpoint grid")
+        else:
+            why = f"the {grid.rule} rule is not a uniform grid"
+        shape = "×".join(map(str, grid.shape)) if grid.shape else str(N)
+        _limits.check_memory(nbytes, "width", f"the dense evaluation of a conv kernel "
+                             f"({why}) as {K} matrices of size (C·N)² = {C * N}²", shape)
+
     def dense_knots(self, grid):
+        self._check_dense_size(grid)
         x = self.positions(grid)
         N = x.shape[0]
         z = (x[:, None, :] - x[None, :, :]).reshape(N * N, -1)
