@@ -274,7 +274,7 @@ class DenseSumOp(SumOp):
 
     def param_vjp(self, g, u):
         gA = g.T @ u
-        return tuple(x for op in self.ops for x in op.dense_vjp(gA))  # type: ignore[attr-defined]
+        return tuple(x for op in self.ops for x in op.dense_vjp(gA))
 
     def matrix(self):
         return self.A

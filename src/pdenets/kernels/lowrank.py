@@ -135,7 +135,7 @@ class LowRankKernel(Kernel):
                 D[q, k], D[q, k + 1] = -1.0 / tm.delta, 1.0 / tm.delta
             out = cache[key] = tuple(x.to(dtype=self.g.dtype, device=self.g.device)
                                      for x in (w, P, D))
-        return out  # type: ignore[return-value]
+        return out
 
     @staticmethod
     def _sq_points(G, H, Mg, Mh):
