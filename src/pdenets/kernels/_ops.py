@@ -83,6 +83,14 @@ class DenseOp(KernelOp):
     def matrix(self):
         return self.A
 
+    def dense(self) -> torch.Tensor:
+        """The matrix (differentiable in :attr:`tensors`)."""
+        return self.A
+
+    def dense_vjp(self, gA: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The gradients of ``⟨gA, dense()⟩`` with respect to :attr:`tensors`."""
+        return (gA,)
+
 
 def _conv_plan(shape: tuple[int, ...], half: tuple[int, ...], C: int, method: str) -> str:
     """Direct or FFT convolution by the cost model (operations per batch element)."""
@@ -192,6 +200,14 @@ class LowRankOp(KernelOp):
     def param_vjp(self, g, u):
         return g.T @ (u @ self.H), u.T @ (g @ self.G)
 
+    def dense(self) -> torch.Tensor:
+        """The matrix G Hᵀ (differentiable in G, H)."""
+        return self.G @ self.H.T
+
+    def dense_vjp(self, gA: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The gradients of ``⟨gA, G Hᵀ⟩``: ``(gA H, gAᵀ G)``."""
+        return gA @ self.H, gA.T @ self.G
+
 
 class SumOp(KernelOp):
     """The sum of operators."""
@@ -225,6 +241,45 @@ class SumOp(KernelOp):
         return tuple(x for op in self.ops for x in op.param_vjp(g, u))
 
 
+class DenseSumOp(SumOp):
+    """A sum of dense and low-rank operators materialized as one ``(C·N, C·N)`` matrix per
+    depth (for C·N ≤ ``MATRIX_MAX``): one matrix product per stage instead of one per part,
+    while :attr:`tensors` (and so the depth interpolation, :meth:`rebuild`, the parameter
+    VJPs) stay those of the parts. The matrix is formed at each depth from the interpolated
+    parts — a low-rank part's factors are interpolated separately, so its knot products could
+    not be."""
+
+    def __init__(self, ops: Sequence[KernelOp]) -> None:
+        super().__init__(ops)
+        mats = [op.dense() for op in self.ops]  # type: ignore[attr-defined]
+        A = mats[0]
+        for m in mats[1:]:
+            A = A + m
+        self.A = A
+
+    @staticmethod
+    def fits(ops: Sequence[KernelOp]) -> bool:
+        """Whether ``ops`` can be materialized: every one dense or low rank, C·N small."""
+        return (all(isinstance(op, (DenseOp, LowRankOp)) for op in ops)
+                and ops[0].size <= MATRIX_MAX)
+
+    def rebuild(self, tensors):
+        return DenseSumOp(SumOp.rebuild(self, tensors).ops)
+
+    def apply(self, u):
+        return u @ self.A.T
+
+    def apply_T(self, v):
+        return v @ self.A
+
+    def param_vjp(self, g, u):
+        gA = g.T @ u
+        return tuple(x for op in self.ops for x in op.dense_vjp(gA))
+
+    def matrix(self):
+        return self.A
+
+
 # helpers for the dynamics: A is a dense matrix (tensor) or a KernelOp
 
 
@@ -232,6 +287,8 @@ def lin(u: torch.Tensor, A, b: torch.Tensor) -> torch.Tensor:
     """``∫ w u dy + b`` at the nodes: ``u Aᵀ + b`` (dense) or ``A.apply(u) + b``."""
     if isinstance(A, torch.Tensor):
         return torch.addmm(b, u, A.T)
+    if isinstance(A, DenseSumOp):  # one fused product, as a dense kernel's
+        return torch.addmm(b, u, A.A.T)
     return A.apply(u) + b
 
 

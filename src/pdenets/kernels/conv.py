@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _basis
+from .. import _basis, _limits
 from .._basis import SPACE_BASES
 from .._checks import check_choice
 from ..errors import PdenetsError
@@ -16,6 +16,10 @@ from ..quadrature import Grid
 from ._ops import CONV_METHODS, MATRIX_MAX, ConvOp, DenseOp, _conv_plan
 from ._time import _gram_1d, _kron, _Time
 from .base import Kernel, _blocks, _check_channels, _init_param
+
+#: :meth:`ConvKernel.matrix_knots` uses a dense map from the knot values to the matrix when it has
+#: at most this many entries (4 Mi: 16 MiB in float32), else it gathers the stencil
+MAP_MAX = 1 << 22
 
 
 class ConvKernel(Kernel):
@@ -205,8 +209,32 @@ class ConvKernel(Kernel):
             grid._cache[key] = idx
         return idx
 
+    def _matrix_map(self, grid: Grid) -> torch.Tensor | None:
+        """The linear map from the knot values k_p to the weighted convolution matrix,
+        ``(Mk, N·N)`` with entry ``[p, i·N + j] = ω_j φ_p(x_i − x_j)`` (cached on the grid), or
+        None when it would have more than ``MAP_MAX`` entries."""
+        N, Mk = grid.n, math.prod(self.size)
+        if Mk * N * N > MAP_MAX:
+            return None
+        key = ("conv-matrix-map", self.radius, self.size, self.space_basis,
+               self.stencil_half(grid), tuple(grid.shape),  # type: ignore[arg-type]
+               self.k.dtype, self.k.device)
+        M = grid._cache.get(key)
+        if M is None:
+            P = F.pad(self._stencil_basis(grid).T, (0, 1))  # (Mk, S + 1): 0 out of reach
+            w = grid.weights.to(self.k.dtype)
+            M = (P.index_select(1, self._toeplitz_index(grid)).reshape(Mk, N, N) * w)
+            M = grid._cache[key] = M.reshape(Mk, N * N).contiguous()
+        return M
+
     def matrix_knots(self, grid: Grid) -> torch.Tensor:
-        """The convolution as dense matrices ``(K, C·N, C·N)`` gathered from the stencil."""
+        """The convolution as dense matrices ``(K, C·N, C·N)``: one product of the knot values
+        with :meth:`_matrix_map` (its gradient is a matrix product too), or gathered from the
+        stencil when that map is too large."""
+        M = self._matrix_map(grid)
+        if M is not None:
+            K, C, N = self.k.shape[0], self.channels, grid.n
+            return _blocks((self.k @ M).reshape(K, C, C, N, N))
         S = self.stencil_knots(grid)
         K, C = S.shape[0], S.shape[1]
         flat = F.pad(S.reshape(K, C, C, -1), (0, 1))  # a zero for pairs out of reach
@@ -223,7 +251,29 @@ class ConvKernel(Kernel):
         n = torch.tensor(self.lattice_shape, dtype=torch.float64, device=x.device)
         return (torch.minimum(torch.floor(x * n), n - 1) + 0.5) / n
 
+    def _check_dense_size(self, grid: Grid) -> None:
+        """Refuse the dense fallback (non-uniform rules, a lattice kernel off its lattice,
+        ``method="dense"``) when its memory — the basis at N² displacements and K matrices
+        ``(C·N)²`` with their gradients — exceeds the limit of :mod:`pdenets._limits`, with
+        an error that says why the evaluation is dense (:class:`~pdenets._limits.SizeLimitError`;
+        the override of that module lifts it)."""
+        N, C, K = grid.n, self.channels, self.n_knots
+        item = self.k.element_size()
+        nbytes = float(N) * N * (math.prod(self.size) * 8 + 3 * K * C * C * item)
+        if self.method == "dense":
+            why = "method='dense'"
+        elif self.lattice and self.uniform(grid):
+            lat = "×".join(map(str, self.lattice_shape))
+            why = (f"a lattice kernel off its {lat} lattice; evaluate it on the {lat} "
+                   f"midpoint grid")
+        else:
+            why = f"the {grid.rule} rule is not a uniform grid"
+        shape = "×".join(map(str, grid.shape)) if grid.shape else str(N)
+        _limits.check_memory(nbytes, "width", f"the dense evaluation of a conv kernel "
+                             f"({why}) as {K} matrices of size (C·N)² = {C * N}²", shape)
+
     def dense_knots(self, grid):
+        self._check_dense_size(grid)
         x = self.positions(grid)
         N = x.shape[0]
         z = (x[:, None, :] - x[None, :, :]).reshape(N * N, -1)
@@ -245,9 +295,23 @@ class ConvKernel(Kernel):
         return ConvOp(tensors[0], tuple(grid.shape), grid.weights.to(self.k.dtype), plan)
 
     # -- norms ---------------------------------------------------------------------------
+    def _cached(self, key: tuple, make) -> torch.Tensor:
+        """A Gram matrix of the displacement basis, computed once per (key, dtype, device):
+        it depends only on the radius, the displacement grid and the lattice, none of which
+        change after construction (the training step asks for the norms at every batch)."""
+        full = (*key, self.k.dtype, self.k.device)
+        cache = self.__dict__.setdefault("_gram_cache", {})
+        G = cache.get(full)
+        if G is None:
+            G = cache[full] = make()
+        return G
+
     def _grams(self, deriv_axis: int | None = None) -> torch.Tensor:
         """∫ φ_p(z) φ_q(z) a(z) dz with a(z) = Π(1 − |z_a|) (the measure of {x: x, x − z ∈
-        Ω}); with ``deriv_axis`` the derivatives along that axis."""
+        Ω}); with ``deriv_axis`` the derivatives along that axis (cached)."""
+        return self._cached(("tent", deriv_axis), lambda: self._grams_uncached(deriv_axis))
+
+    def _grams_uncached(self, deriv_axis: int | None = None) -> torch.Tensor:
         r = self.radius
         mats = []
         for a, k in enumerate(self.size):
@@ -257,7 +321,10 @@ class ConvKernel(Kernel):
 
     def _lattice_gram(self) -> torch.Tensor:
         """∫∫ w² = Σ_m (#cell pairs at lattice displacement m) Δ^{2d} k̄_m², k̄ = P k: the Gram
-        matrix Pᵀ diag(count · Δ^{2d}) P of the lattice kernel."""
+        matrix Pᵀ diag(count · Δ^{2d}) P of the lattice kernel (cached)."""
+        return self._cached(("lattice",), self._lattice_gram_uncached)
+
+    def _lattice_gram_uncached(self) -> torch.Tensor:
         offs = [torch.arange(-(n - 1), n, dtype=torch.float64) / n for n in self.lattice_shape]
         mesh = torch.meshgrid(*offs, indexing="ij")
         z = torch.stack([m.reshape(-1) for m in mesh], dim=1)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import PdenetsError
-from ._ops import SumOp
+from ._ops import MATRIX_MAX, DenseOp, DenseSumOp, SumOp
 from .base import Kernel
 from .conv import ConvKernel
 from .lowrank import LowRankKernel
@@ -38,16 +38,39 @@ class SumKernel(Kernel):
         self.parts = nn.ModuleList(parts)
         self.dim, self.channels, self.time = p0.dim, p0.channels, p0.time
 
+    def is_dense_on(self, grid):
+        """One dense matrix per depth knot when the kernel is piecewise constant in depth and
+        every part is a matrix on ``grid`` or a low-rank part with C·N ≤ ``MATRIX_MAX``: the
+        sum at a knot is then the kernel on its whole depth interval, and a stage costs what
+        a dense kernel's costs. (With the linear depth basis a low-rank part's factors are
+        interpolated apart, so the sum is materialized per depth instead: :class:`DenseSumOp`.)
+        """
+        if self.time.basis != "constant":
+            return False
+        small = self.channels * grid.n <= MATRIX_MAX
+        return all(p.is_dense_on(grid) or (small and isinstance(p, LowRankKernel))
+                   for p in self.parts)
+
     def knot_tensors(self, grid):
+        if self.is_dense_on(grid):
+            mats = [p.knot_tensors(grid)[0] if p.is_dense_on(grid) else p.dense_knots(grid)
+                    for p in self.parts]
+            out = mats[0]
+            for m in mats[1:]:
+                out = out + m
+            return (out,)
         return tuple(t for p in self.parts for t in p.knot_tensors(grid))
 
     def make_op(self, tensors, grid):
+        if self.is_dense_on(grid):
+            return DenseOp(tensors[0])
         ops, i = [], 0
         for p in self.parts:
             n = 2 if isinstance(p, LowRankKernel) else 1
             ops.append(p.make_op(tensors[i:i + n], grid))
             i += n
-        return SumOp(ops)
+        # small grids (the digits at 8×8): one materialized matrix, as fast as a dense kernel
+        return DenseSumOp(ops) if DenseSumOp.fits(ops) else SumOp(ops)
 
     def dense_knots(self, grid):
         return torch.stack([p.dense_knots(grid) for p in self.parts]).sum(0)
