@@ -302,3 +302,12 @@ def test_checkpoints_written_before_the_euler_levels_resume_with_their_old_split
     assert cfg.train.level_solver == "" and level_epochs(cfg) == [5, 5]
     new = config_from_dict(old)  # a user's file: today's defaults
     assert new.train.level_solver == "euler" and level_epochs(new) == [9, 1]
+
+
+def test_example_training_configurations_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    cfg = load_config(root / "digits_conv.toml")
+    assert cfg.model.kernel == "conv+lowrank" and cfg.train.fine_fraction == 0.5
+    assert level_epochs(cfg) == [40, 40]
