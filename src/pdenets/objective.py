@@ -182,6 +182,14 @@ class Objective:
         if self.gamma > 0:
             sq, dsq, grad = norms(spatial=True)
             return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq + 0.5 * self.gamma * grad
+        if isinstance(ctrl, GridControls):  # one quadratic form of the knot Gram matrix
+            Tm, Tj = ctrl.time_grams()
+            key = ("penalty", self.alpha, self.beta, Tm.dtype, Tm.device, id(Tm))
+            cache: dict = ctrl.__dict__.setdefault("_constants", {})
+            coef = cache.get(key)
+            if coef is None:
+                coef = cache[key] = 0.5 * self.alpha * Tm + 0.5 * self.beta * Tj
+            return (coef * _knot_gram(ctrl)).sum()
         sq, dsq = norms()
         return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq
 
