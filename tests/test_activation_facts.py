@@ -125,12 +125,13 @@ def test_bad_facts_raise():
         Activation("x", sw.fn, sw.derivative, first_and_second="no")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("n", [2001, 40001])  # below and above the sigmoid-form sizes
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 5e-16), (torch.float32, 3e-7)])
-def test_tanh_as_logistic_identity_matches_tanh_to_rounding(dtype, tol):
+def test_tanh_as_logistic_identity_matches_tanh_to_rounding(dtype, tol, n):
     """The CPU evaluation 2σ(2z) − 1 of tanh (and of its derivatives, in place and under
-    autograd) against math.tanh in float64 — an independent reference."""
+    autograd, first and second order) against math.tanh in float64 — an independent reference."""
     act = get_activation("tanh")
-    z = torch.cat([torch.linspace(-30.0, 30.0, 20001), torch.logspace(-12, 1, 200)]).to(dtype)
+    z = torch.cat([torch.linspace(-30.0, 30.0, n), torch.logspace(-12, 1, 200)]).to(dtype)
     ref = torch.tensor([math.tanh(v) for v in z.double().tolist()], dtype=torch.float64)
     assert (act.fn(z).double() - ref).abs().max() <= tol
     assert (act.apply_(z.clone()).double() - ref).abs().max() <= tol
@@ -139,6 +140,16 @@ def test_tanh_as_logistic_identity_matches_tanh_to_rounding(dtype, tol):
     assert (d2.double() - (-2 * ref * (1 - ref**2))).abs().max() <= 8 * tol
     zg = z.clone().requires_grad_(True)
     y = act.apply_(zg * 1.0)  # a temporary, under autograd
-    (g,) = torch.autograd.grad(y.sum(), zg)
+    (g,) = torch.autograd.grad(y.sum(), zg, create_graph=True)
     assert (y.detach().double() - ref).abs().max() <= tol
-    assert (g.double() - (1 - ref**2)).abs().max() <= 8 * tol
+    assert (g.detach().double() - (1 - ref**2)).abs().max() <= 8 * tol
+    (h,) = torch.autograd.grad(g.sum(), zg)  # second order through the backward
+    assert (h.double() - (-2 * ref * (1 - ref**2))).abs().max() <= 16 * tol
+
+
+def test_tanh_function_passes_gradcheck():
+    from pdenets.activations import _TanhFn
+
+    z = torch.linspace(-3, 3, 13, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(_TanhFn.apply, (z,))
+    assert torch.autograd.gradgradcheck(_TanhFn.apply, (z,))

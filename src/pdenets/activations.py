@@ -124,19 +124,53 @@ class Activation:
         return self.derivatives(z)[1]
 
 
+#: elements from which tanh is evaluated as 2σ(2z) − 1 without autograd (:func:`_tanh`) …
+SIGMOID_FORM_MIN = 8192
+#: … and under autograd, through :class:`_TanhFn` (below these sizes the extra operations cost
+#: more than PyTorch's scalar tanh kernel saves; measured on one core)
+SIGMOID_FORM_GRAD_MIN = 32768
+
+
 def _sigmoid_form(z: torch.Tensor) -> bool:
     """Whether tanh is evaluated as 2σ(2z) − 1 (see :func:`_tanh`)."""
-    return z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64)
+    if z.device.type != "cpu" or z.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_grad_enabled() and z.requires_grad:
+        return z.numel() >= SIGMOID_FORM_GRAD_MIN
+    return z.numel() >= SIGMOID_FORM_MIN
+
+
+class _TanhFn(torch.autograd.Function):
+    """tanh as 2σ(2z) − 1 with the backward of tanh, g·(1 − y²), in one kernel."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z):
+        return z.mul(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(g, y)
 
 
 def _tanh(z: torch.Tensor) -> torch.Tensor:
-    """tanh z. On CPU (float32, float64) it is evaluated as 2σ(2z) − 1: PyTorch's CPU kernel of
-    tanh is scalar, its sigmoid is vectorized, and the identity costs a fifth of the time
-    (1024×256 float32 on one core: 0.26 ms against 1.4 ms; float64 0.7 against 2.8 ms), which
-    was a third of every RK stage. The deviation from ``torch.tanh`` is at the rounding level
-    (absolute, ≤ 2 ulp of 1: 4.4e-16 in float64, 2.4e-7 in float32). Elsewhere ``torch.tanh``."""
+    """tanh z. On CPU (float32, float64) and large tensors it is evaluated as 2σ(2z) − 1:
+    PyTorch's CPU kernel of tanh is scalar, its sigmoid is vectorized, and the identity costs
+    a fifth of the time (1024×256 float32 on one core: 0.26 ms against 1.4 ms; float64 0.7
+    against 2.8 ms), which was a third of every RK stage; under autograd through
+    :class:`_TanhFn` (tanh's own one-kernel backward). The deviation from ``torch.tanh`` is at
+    the rounding level (absolute, ≤ 2 ulp of 1: 4.4e-16 in float64, 2.4e-7 in float32).
+    Elsewhere ``torch.tanh``."""
     if _sigmoid_form(z):
-        return torch.sigmoid(2.0 * z).mul(2.0).sub_(1.0)
+        if torch.is_grad_enabled() and z.requires_grad:
+            return _TanhFn.apply(z)
+        return torch.sigmoid(2.0 * z).mul_(2.0).sub_(1.0)
     return torch.tanh(z)
 
 
@@ -152,8 +186,7 @@ def _tanh_(z: torch.Tensor) -> torch.Tensor:
     """tanh of the temporary ``z``, overwriting it where autograd allows (as :func:`_tanh`)."""
     if _sigmoid_form(z):
         if torch.is_grad_enabled() and z.requires_grad:
-            # σ keeps its output for the backward pass: the affine map makes a new tensor
-            return torch.sigmoid(z.mul_(2.0)).mul(2.0).sub_(1.0)
+            return _TanhFn.apply(z)
         return z.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
     return z.tanh_()
 

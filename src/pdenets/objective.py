@@ -184,7 +184,8 @@ class Objective:
             return 0.5 * self.alpha * sq + 0.5 * self.beta * dsq + 0.5 * self.gamma * grad
         if isinstance(ctrl, GridControls):  # one quadratic form of the knot Gram matrix
             Tm, Tj = ctrl.time_grams()
-            key = ("penalty", self.alpha, self.beta, Tm.dtype, Tm.device, id(Tm))
+            key = ("penalty", self.alpha, self.beta, ctrl.T, ctrl.intervals, ctrl.time_basis,
+                   Tm.dtype, Tm.device)
             cache: dict = ctrl.__dict__.setdefault("_constants", {})
             coef = cache.get(key)
             if coef is None:
