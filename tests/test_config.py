@@ -310,4 +310,5 @@ def test_example_training_configurations_load():
     root = Path(__file__).resolve().parents[1] / "examples"
     cfg = load_config(root / "digits_conv.toml")
     assert cfg.model.kernel == "conv+lowrank" and cfg.train.fine_fraction == 0.5
+    assert cfg.model.intervals == 8
     assert level_epochs(cfg) == [40, 40]
