@@ -262,7 +262,7 @@ def test_level_epochs_is_a_list_and_the_old_string_is_deprecated(tmp_path):
     # the default split: round(fine_fraction · epochs) at the finest level, the rest even
     split = config_from_dict({"train": {"epochs": 80, "levels": 3, "fine_fraction": 0.125}})
     assert level_epochs(split) == [35, 35, 10]
-    few = config_from_dict({"train": {"epochs": 1, "levels": 2}})
+    few = config_from_dict({"train": {"epochs": 1, "levels": 2, "fine_fraction": 0.125}})
     assert level_epochs(few) == [0, 1]  # a coarse level without epochs is skipped
     with pytest.raises(ConfigError, match="fine_fraction"):
         config_from_dict({"train": {"fine_fraction": 1.0}})
@@ -297,11 +297,11 @@ def test_checkpoints_written_before_the_euler_levels_resume_with_their_old_split
     checkpoint written before they existed) keeps the behaviour it was trained with."""
     from pdenets.training.checkpoint import _legacy_keys
 
-    old = {"train": {"method": "multilevel", "levels": 2, "epochs": 10, "level_coarsen": "all"}}
+    old = {"train": {"method": "multilevel", "levels": 3, "epochs": 10, "level_coarsen": "all"}}
     cfg = config_from_dict(_legacy_keys(old))
-    assert cfg.train.level_solver == "" and level_epochs(cfg) == [5, 5]
+    assert cfg.train.level_solver == "" and level_epochs(cfg) == [3, 3, 4]
     new = config_from_dict(old)  # a user's file: today's defaults
-    assert new.train.level_solver == "euler" and level_epochs(new) == [9, 1]
+    assert new.train.level_solver == "euler" and level_epochs(new) == [2, 3, 5]
 
 
 def test_example_training_configurations_load():

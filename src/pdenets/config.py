@@ -57,9 +57,10 @@ class ModelConfig:
     learnable_lifting: bool = False
     init_scale: float = 0.5
     # structured kernels and channels (MODEL.md §10; pdenets.kernels)
-    kernel: str = "dense"
+    #: "auto": conv+lowrank for images (the continuum CNN, MODEL.md §10), dense otherwise
+    kernel: str = "auto"
     kernel_radius: float = 0.25
-    rank: int = 4
+    rank: int = 8
     channels: int = 1
 
 
@@ -118,7 +119,7 @@ class TrainConfig:
     level_epochs: list[int] = field(default_factory=list, metadata={"legacy_csv": True})
     #: share of ``epochs`` trained at the finest level when ``level_epochs`` is empty (at
     #: least one epoch; 0: an even split); the coarse levels share the rest evenly
-    fine_fraction: float = 0.125
+    fine_fraction: float = 0.5
     level_coarsen: str = "none"
     #: depth solver of the coarse levels ("" = model.solver): e.g. explicit Euler, the ResNet
     #: that the model's Euler discretization is, before the finest level's accurate solver
@@ -235,7 +236,7 @@ def validate(cfg: Config) -> None:
                           "= 'linear': piecewise-constant controls have no gradient in L²")
     from .kernels import KERNELS
 
-    choice("model.kernel", m.kernel, KERNELS)
+    choice("model.kernel", m.kernel, ("auto", *KERNELS))
     if not 0 < m.kernel_radius <= 1:
         raise ConfigError(f"model.kernel_radius: must lie in (0, 1] (a fraction of the width "
                           f"domain), got {m.kernel_radius!r}")

@@ -59,6 +59,16 @@ def default_sizes(cfg: Config, ds: Dataset) -> tuple[tuple[int, ...], tuple[int,
     return width, ctrl
 
 
+def resolved_kernel(cfg: Config, ds: Dataset) -> str:
+    """``model.kernel`` with ``"auto"`` resolved: the continuum CNN ``conv+lowrank`` for
+    images (translation structure, MODEL.md §10; on digits 98.9 % against the dense kernel's
+    98.0 %, README), ``dense`` for feature vectors and 1-D inputs."""
+    k = cfg.model.kernel
+    if k != "auto":
+        return k
+    return "conv+lowrank" if len(ds.input_shape) == 2 else "dense"
+
+
 def build_network(cfg: Config, ds: Dataset) -> ContinuumNetwork:
     """The network described by ``cfg.model`` for the inputs and outputs of ``ds``."""
     m = cfg.model
@@ -70,7 +80,8 @@ def build_network(cfg: Config, ds: Dataset) -> ContinuumNetwork:
             activation=m.activation, eps=m.eps,
             readout=m.readout, learnable_lifting=m.learnable_lifting, width=width, rule=m.rule,
             solver=m.solver, steps=m.steps, init_scale=m.init_scale, seed=cfg.seed,
-            dtype=torch.float64, kernel=m.kernel, kernel_radius=m.kernel_radius, rank=m.rank,
+            dtype=torch.float64, kernel=resolved_kernel(cfg, ds), kernel_radius=m.kernel_radius,
+            rank=m.rank,
             channels=m.channels, in_channels=getattr(ds, "channels", 1),
         )
     except PdenetsError as e:
@@ -98,12 +109,14 @@ def make_adjoint_from_config(cfg: Config) -> Adjoint | None:
 
 
 def resolved_config(cfg: Config, ds: Dataset) -> Config:
-    """``cfg`` with ``model.width`` and ``model.control_size`` = 0 ("automatic") replaced by
+    """``cfg`` with ``model.kernel = "auto"`` resolved (:func:`resolved_kernel`) and
+    ``model.width`` and ``model.control_size`` = 0 ("automatic") replaced by
     the values :func:`default_sizes` resolves them to (when one number per axis states them;
     a non-square image grid keeps 0 = the pixel grid). Training the result builds the same
     network."""
     width, ctrl = default_sizes(cfg, ds)
     res = copy.deepcopy(cfg)
+    res.model.kernel = resolved_kernel(cfg, ds)
     if len(set(width)) == 1:
         res.model.width = int(width[0])
     if len(set(ctrl)) == 1:
