@@ -45,7 +45,8 @@ def gallery_run(name: str, out: Path) -> dict:
 
 def test_gallery_lists_the_expected_examples():
     assert set(GALLERY) >= {"discretization_invariance", "adjoint_memory", "pmp_diagnostic",
-                            "hjb_closed_loop", "steady_states", "hybrid_pdeblock"}
+                            "hjb_closed_loop", "steady_states", "hybrid_pdeblock",
+                            "shapes_conv"}
     for name in GALLERY:  # each has a docstring: title, what it shows, MODEL.md section
         text = (EXAMPLES / f"{name}.py").read_text()
         assert text.startswith('"""') and "MODEL.md §" in text.split('"""')[1], name
@@ -209,3 +210,20 @@ def test_hybrid_pdeblock(tmp_path):
     # the trained block is a continuum model: at 2× width and steps its outputs barely move
     assert r["relative_output_change_refined"] < 1e-2
     assert abs(r["test_accuracy_refined"] - r["test_accuracy"]) <= 0.01
+
+
+def test_shapes_conv(tmp_path):
+    r = gallery_run("shapes_conv", tmp_path)
+    # the continuum CNN learns the 4 shape classes: test accuracy (on held-out images) far
+    # above chance (0.25), recomputed here from the confusion matrix it reports
+    conf = np.array(r["confusion"])
+    assert conf.shape == (4, 4) and conf.sum() == r["test_samples"]
+    assert np.trace(conf) / conf.sum() == pytest.approx(r["test_accuracy"])
+    assert r["test_accuracy"] >= 0.5
+    # every class is recognised more often than chance, not just one class predicted
+    assert np.all(np.diag(conf) / conf.sum(1) > 0.3), conf
+    # the training objective fell well below log 4, the cross-entropy of the zero readout
+    losses = np.array(r["losses"])
+    assert losses[-1] < min(0.8 * np.log(4), losses[0])
+    # a learned multi-channel convolution: (knots, C, C, cells) with C = 8, channels coupled
+    assert r["kernel_shape"][1:3] == [8, 8] and min(r["kernel_pair_norms"]) > 0

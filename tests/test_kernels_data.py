@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pdenets.config import Config
+from pdenets.config import Config, load_config
 from pdenets.data import load_dataset, load_dataset_config, shapes, signals
-from pdenets.errors import PdenetsError
+from pdenets.errors import ConfigError, PdenetsError
 
 
 @pytest.mark.parametrize("length", [40, 4096])
@@ -33,11 +33,42 @@ def test_signals_length_is_checked_and_config_reaches_the_generator():
 def test_shapes_are_three_channel_images_whose_colour_is_uninformative():
     x, y = shapes(400, 32, seed=1)
     assert x.shape == (400, 3, 32, 32) and x.min() >= 0.0 and x.max() <= 1.0
-    # mean colour per class: equal within sampling error (classes differ by shape only)
-    means = np.stack([x[y == c].mean((0, 2, 3)) for c in range(4)])
-    assert np.abs(means - means.mean(0)).max() < 0.05
+    assert np.bincount(y).tolist() == [100] * 4
+    x2, y2 = shapes(400, 32, seed=1)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
+    # the background colour (the image's median per channel) has the same distribution in
+    # every class: per-class means equal within sampling error (classes differ by shape only)
+    bg = np.median(x, (2, 3))
+    means = np.stack([bg[y == c].mean(0) for c in range(4)])
+    assert np.abs(means - means.mean(0)).max() < 0.03
     ds = load_dataset("shapes", n_samples=120)
     assert ds.channels == 3 and ds.input_shape == (32, 32)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_shapes_have_a_visible_contrast_of_fixed_polarity(size):
+    # the shape is the background plus 0.25-0.5 in every channel: the brightest pixels (the
+    # shape covers >= 4 % of the image) exceed the background (the median) by clearly more
+    # than the background's ramp (<= 0.1) and noise (sigma 0.05) in every channel of every
+    # image, and the darkest pixels lie within ramp and noise of it
+    x, _ = shapes(200, size, seed=2)
+    flat = x.reshape(200, 3, -1)
+    med = np.median(flat, -1)
+    assert (np.quantile(flat, 0.99, axis=-1) - med).min() > 0.2
+    assert (med - np.quantile(flat, 0.01, axis=-1)).max() < 0.25
+    # the background (the median: the shape covers under half of the image) is dark
+    assert 0.05 < med.min() and med.max() < 0.55
+
+
+def test_shapes_size_is_checked_and_config_reaches_the_generator():
+    with pytest.raises(PdenetsError, match="size"):
+        shapes(10, 7)
+    cfg = Config()
+    cfg.data.name, cfg.data.image_size, cfg.data.n_samples = "shapes", 16, 80
+    ds = load_dataset_config(cfg.data)
+    assert ds.input_shape == (16, 16) and ds.x_train.shape[1:] == (3, 16, 16)
+    with pytest.raises(ConfigError, match="data.image_size"):
+        load_config(overrides=["data.image_size=4"])
 
 
 def test_multichannel_npz_files(tmp_path):

@@ -35,6 +35,7 @@ class DataConfig:
     n_samples: int = 1000
     standardize: bool = True
     length: int = 40  # of the synthetic ``signals`` (40 to 4096)
+    image_size: int = 32  # side of the synthetic ``shapes`` images (8 to 128)
 
 
 @dataclass
@@ -218,6 +219,8 @@ def validate(cfg: Config) -> None:
         if not (0 <= v < 1) or (key == "test_fraction" and v == 0):
             raise ConfigError(f"data.{key}: must lie in (0, 1), got {v}")
     positive("data.n_samples", d.n_samples)
+    if not 8 <= d.image_size <= 128:
+        raise ConfigError(f"data.image_size: must lie in [8, 128], got {d.image_size}")
     choice("model.dynamics", m.dynamics, tuple(DYNAMICS))
     choice("model.activation", m.activation, ACTIVATIONS)
     choice("model.time_basis", m.time_basis, TIME_BASES)

@@ -13,7 +13,8 @@ name                    inputs                d (Ω)       task
 ``moons``, ``circles``  2 features            1           2 classes
 ``signals``             1-D signals, length   1           5 classes (:func:`signals`)
                         ``data.length``
-``shapes``              32×32, 3 channels     2           4 classes (:func:`shapes`)
+``shapes``              s×s, 3 channels, s =  2           4 classes (:func:`shapes`)
+                        ``data.image_size``
 file ``*.npz``          arrays ``x``, ``y``   by x.ndim   classes (int y) or regression
 file ``*.csv``          last column = label   1           classes (int y) or regression
 ======================  ====================  ==========  =============================

@@ -72,14 +72,14 @@ class Dataset:
                 "outputs": self.n_outputs, "task": self.task}
 
 
-def _raw(name: str, seed: int, n_samples: int, length: int = 40):
+def _raw(name: str, seed: int, n_samples: int, length: int = 40, image_size: int = 32):
     from sklearn import datasets as skd
 
     if name == "signals":
         x, y = signals(n_samples, length, seed)
         return x, y, False
     if name == "shapes":
-        x, y = shapes(n_samples, 32, seed)
+        x, y = shapes(n_samples, image_size, seed)
         return x, y, True
 
     if name == "digits":
@@ -145,7 +145,7 @@ def _npz_channels(path: Path, x: np.ndarray) -> int:
 
 def load_dataset(
     name: str, *, seed: int = 0, test_fraction: float = 0.25, val_fraction: float = 0.1,
-    n_samples: int = 1000, standardize: bool = True, length: int = 40,
+    n_samples: int = 1000, standardize: bool = True, length: int = 40, image_size: int = 32,
 ) -> Dataset:
     """Load a dataset by name (see module docstring) or from a ``.npz``/``.csv`` file.
 
@@ -163,6 +163,8 @@ def load_dataset(
         Standardize tabular features with training statistics.
     length : int
         Length of the ``signals`` (40 to 4096).
+    image_size : int
+        Side of the ``shapes`` images (8 to 128; e.g. 16 or 32).
     """
     from sklearn.model_selection import train_test_split
 
@@ -170,7 +172,7 @@ def load_dataset(
         raise PdenetsError(f"split fractions must lie in (0, 1): test {test_fraction}, "
                            f"val {val_fraction}")
     if name in BUILTIN:
-        x, y, image = _raw(name, seed, n_samples, length)
+        x, y, image = _raw(name, seed, n_samples, length, image_size)
         channels = 3 if name == "shapes" else 1
         label = name
     else:
@@ -220,7 +222,8 @@ def load_dataset_config(cfg) -> Dataset:
                         val_fraction=float(d.get("val_fraction", 0.1)),
                         n_samples=int(d.get("n_samples", 1000)),
                         standardize=bool(d.get("standardize", True)),
-                        length=int(d.get("length", 40)))
+                        length=int(d.get("length", 40)),
+                        image_size=int(d.get("image_size", 32)))
 
 
 def preprocess(x: np.ndarray, pre: dict) -> np.ndarray:

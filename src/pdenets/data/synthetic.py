@@ -1,5 +1,6 @@
-"""Synthetic datasets (MODEL.md §4): two spirals, 1-D signals of five shapes, and 32×32
-three-channel images of four shapes; all seeded and generated without network access."""
+"""Synthetic datasets (MODEL.md §4): two spirals, 1-D signals of five shapes, and
+three-channel images of four shapes (16×16, 32×32, ...); all seeded and generated without
+network access."""
 
 from __future__ import annotations
 
@@ -70,22 +71,57 @@ def signals(n: int = 1000, length: int = 40, seed: int = 0, noise: float = 0.3,
 
 SHAPE_CLASSES = ("disc", "square", "triangle", "cross")
 
+#: per-channel contrast of a ``shapes`` foreground over its background (fixed polarity)
+SHAPE_CONTRAST = (0.25, 0.5)
+
 
 def shapes(n: int = 1000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded synthetic colour images ``(n, 3, size, size)`` in [0, 1] of 4 shape classes
-    (disc, square, triangle, cross) with random position, size, rotation (triangle, cross)
-    and colour on a random smooth colour background with iid pixel noise. The colour carries
-    no class information: the classes differ by shape only."""
+    """Seeded synthetic colour images of 4 shape classes (MODEL.md §10 channels).
+
+    Each image holds one shape — disc, square, triangle or cross — with a random position
+    (centre in [0.3, 0.7]²), size (radius 0.14-0.26 of the side) and rotation, on a smooth
+    colour background: a linear ramp in a random direction between two colours, each channel
+    in [0.1, 0.45] and the two ends at most 0.1 apart. The shape is the background *plus* a
+    contrast drawn per image and per channel from [0.25, 0.5] (``SHAPE_CONTRAST``): it is
+    always visible and always brighter, in every channel. Then iid Gaussian pixel noise
+    (σ = 0.05) and clipping to [0, 1]. The colours and contrasts are drawn independently of
+    the class, so the colour carries no class information: the classes differ by shape only.
+    Balanced classes.
+
+    (Before this version the foreground colour was uniform in [0, 1]³ on a background in
+    [0.25, 0.75]³: the contrast could vanish and its sign varied, and no model tried, a
+    PyTorch CNN included, learned the raw images above chance.)
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    size : int
+        Side p = q of the images, 8 to 128 (e.g. 16 or 32).
+    seed : int
+        Seed of the generator.
+
+    Returns
+    -------
+    x : np.ndarray
+        Images ``(n, 3, size, size)`` in [0, 1].
+    y : np.ndarray
+        Labels ``(n,)`` in {0, 1, 2, 3} (indices into ``SHAPE_CLASSES``).
+    """
+    if not (8 <= int(size) <= 128):
+        raise PdenetsError(f"shapes: size must lie in [8, 128], got {size}")
+    size = int(size)
     rng = np.random.default_rng(seed)
     y = np.arange(n) % len(SHAPE_CLASSES)
     rng.shuffle(y)
     g = (np.arange(size) + 0.5) / size
     X, Y = np.meshgrid(g, g, indexing="ij")
     out = np.empty((n, 3, size, size))
+    lo, hi = SHAPE_CONTRAST
     for i in range(n):
-        cx, cy = rng.uniform(0.3, 0.7, 2)
-        r = rng.uniform(0.14, 0.26)
-        th = rng.uniform(0, 2 * np.pi)
+        cx, cy = rng.uniform(0.35, 0.65, 2)
+        r = rng.uniform(0.18, 0.3)
+        th = rng.uniform(-np.pi / 12, np.pi / 12)
         u = (X - cx) * np.cos(th) + (Y - cy) * np.sin(th)
         v = -(X - cx) * np.sin(th) + (Y - cy) * np.cos(th)
         kind = SHAPE_CLASSES[y[i]]
@@ -98,11 +134,13 @@ def shapes(n: int = 1000, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np
         else:
             m = ((np.abs(u) < 0.3 * r) & (np.abs(v) < r)) | ((np.abs(v) < 0.3 * r)
                                                              & (np.abs(u) < r))
-        fg = rng.uniform(0, 1, 3)
-        bg0, bg1 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
-        ramp = (X * np.cos(th) + Y * np.sin(th))[None]
+        bg0 = rng.uniform(0.1, 0.45, 3)
+        bg1 = np.clip(bg0 + rng.uniform(-0.1, 0.1, 3), 0.1, 0.45)
+        phi = rng.uniform(0, 2 * np.pi)
+        ramp = (X * np.cos(phi) + Y * np.sin(phi))
+        ramp = ((ramp - ramp.min()) / (ramp.max() - ramp.min()))[None]
         bg = bg0[:, None, None] * (1 - ramp) + bg1[:, None, None] * ramp
-        bg = 0.5 * bg + 0.25
-        img = np.where(m[None], fg[:, None, None], bg)
+        contrast = rng.uniform(lo, hi, 3)
+        img = bg + contrast[:, None, None] * m[None]
         out[i] = np.clip(img + 0.05 * rng.normal(size=img.shape), 0.0, 1.0)
     return out, y
