@@ -332,6 +332,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         part = slice(rank * _DDP_B // world, (rank + 1) * _DDP_B // world)
         obj(ddp, x[part], y[part]).backward()  # Objective through the DDP wrapper
         torch.save([p.grad for p in block.parameters()], Path(out_dir) / f"grad{rank}.pt")
+        del ddp  # the reducer's hooks, before the group goes
+        dist.barrier()  # no rank tears the group down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
