@@ -185,7 +185,10 @@ def markdown(res: dict) -> str:
         note = (f"digits, median of {len(t9['seeds'])} seed(s), ≤ {t9['max_epochs']} epochs / "
                 f"{t9['budget_s']:g} s; pdenets default ({t9['method']}, {t9['solver']}, "
                 f"{t9['dtype']}) {_f(sec['pdenets'], '{:.2f}')} s ({_ep('pdenets')}), "
-                f"ResNet {_f(sec['torch-resnet'], '{:.2f}')} s ({_ep('torch-resnet')})")
+                f"ResNet {_f(sec['torch-resnet'], '{:.2f}')} s ({_ep('torch-resnet')})"
+                + (f"; with the dense kernel {_f(sec['pdenets-dense'], '{:.2f}')} s "
+                   f"({_ep('pdenets-dense')}), ratio {_f(t9.get('ratio_dense'))}"
+                   if "pdenets-dense" in sec else ""))
         v = res.get("time_to_accuracy_ratio_975")
         rows.append(f"| time to 97.5 % ÷ ResNet (pdenets default) | {_f(v)} | ≤ 1.0 (goal 0.5) "
                     f"| {_ok(v, lambda x: x <= 1.0)} | {note} |")

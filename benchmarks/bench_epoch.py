@@ -4,12 +4,12 @@ One training epoch on digits (8×8 images, 10 classes, the default splits), Adam
 configuration's batch size and learning rate, in the dtype and on the device of the run:
 
 * ``pdenets`` — :class:`pdenets.training.Trainer` with the default configuration except
-  ``model.solver = "euler"``: explicit Euler at ``model.steps`` steps and width 8×8 = 64
-  midpoint nodes (one neuron per pixel) *is* a ResNet of width 64 and depth ``model.steps``
-  (MODEL.md §1, §3), so the remaining difference is the continuum machinery — control
-  interpolation A(t), b(t), quadrature weights, the regularization of §4, the adjoint's
-  bookkeeping. Augmentation is switched off (the peer has none); the epoch with the default
-  augmentation is reported too, as a detail.
+  ``model.solver = "euler"`` and ``model.kernel = "dense"``: explicit Euler at
+  ``model.steps`` steps and width 8×8 = 64 midpoint nodes (one neuron per pixel) *is* a
+  ResNet of width 64 and depth ``model.steps`` (MODEL.md §1, §3), so the remaining
+  difference is the continuum machinery — control interpolation A(t), b(t), quadrature
+  weights, the regularization of §4, the adjoint's bookkeeping. Augmentation is switched off
+  (the peer has none); the epoch with the default augmentation is reported too, as a detail.
 * ``torch-resnet`` — :class:`~benchmarks.peers.TorchResNet` of width 64 and depth
   ``model.steps``, the same optimizer, batch size and data.
 
@@ -52,7 +52,10 @@ def pdenets_epoch(sizes: Sizes, device: str = "cpu", augment: bool = False,
     resolved sizes ``{"width", "steps", "batch"}``."""
     from pdenets.training import Trainer, default_sizes
 
-    extra = ("model.solver=euler", "train.method=adam") + (() if augment else NO_AUGMENT)
+    # the dense kernel: its explicit Euler discretization *is* the peer ResNet (the default
+    # kernel "auto" is the continuum CNN for images, which has no plain-ResNet counterpart)
+    extra = ("model.solver=euler", "train.method=adam", "model.kernel=dense") + (
+        () if augment else NO_AUGMENT)
     cfg = _config(None, seed, sizes, device, None, extra)
     ds = _dataset(cfg, sizes)
     torch.manual_seed(cfg.seed)

@@ -77,7 +77,9 @@ def _readme_rows(res: dict) -> list[str]:
     t9 = d.get("time_to_accuracy_975")
     et = d.get("epoch_time")
     t9_note = ("" if t9 is None else f" ({_num(t9['seconds']['pdenets'])} s vs "
-               f"{_num(t9['seconds']['torch-resnet'])} s)")
+               f"{_num(t9['seconds']['torch-resnet'])} s"
+               + (f"; dense kernel {_num(t9['ratio_dense'])}" if t9.get("ratio_dense")
+                  is not None else "") + ")")
     et_note = ("" if et is None else
                f" ({_num(et['seconds']['pdenets-euler'], '{:.3f}')} s vs "
                f"{_num(et['seconds']['torch-resnet'], '{:.3f}')} s)")

@@ -128,11 +128,15 @@ def test_time_to_975_is_median_over_seeds_and_undefined_when_missed(monkeypatch)
     pd = {0: [[1.0, 0.9], [2.0, 0.976]], 1: [[1.5, 0.97], [3.0, 0.99]],
           2: [[1.0, 0.96], [5.0, 0.975]]}
     rn = {0: [[0.2, 0.98]], 1: [[0.3, 0.95], [0.5, 0.975]], 2: [[0.4, 0.99]]}
-    monkeypatch.setattr(tta, "run_pdenets", lambda m, seed, *a, **k: pd[seed])
+    dense = {0: [[0.3, 0.98]], 1: [[0.1, 0.97], [0.6, 0.98]], 2: [[0.5, 0.99]]}
+    monkeypatch.setattr(tta, "run_pdenets", lambda m, seed, *a, **k: (
+        dense if k.get("extra") == tta.DENSE else pd)[seed])
     monkeypatch.setattr(tta, "run_peer", lambda kind, seed, *a, **k: rn[seed])
     r = tta.run_975(sizes)
-    assert r["seconds"] == {"pdenets": 3.0, "torch-resnet": 0.4}  # medians of 2,3,5 / .2,.5,.4
+    # medians of 2,3,5 / .2,.5,.4 / .3,.6,.5
+    assert r["seconds"] == {"pdenets": 3.0, "torch-resnet": 0.4, "pdenets-dense": 0.5}
     assert r["ratio"] == pytest.approx(3.0 / 0.4)
+    assert r["ratio_dense"] == pytest.approx(0.5 / 0.4)
     assert r["epochs_to_target"]["pdenets"] == [2, 2, 2]
     pd[1] = pd[2] = [[1.0, 0.97]]  # two of three seeds miss 97.5 %: the median is infinite
     r = tta.run_975(sizes)
