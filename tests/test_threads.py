@@ -130,3 +130,20 @@ def test_cli_rejects_negative_threads(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pdenets: error: --threads must be between 0")
     assert torch.get_num_threads() == before
+
+
+def test_small_runs_use_one_thread_unless_threads_were_given():
+    import torch
+
+    from pdenets import _threads
+
+    assert _threads.threads_for_work(2, 64 * 64) == 1  # digits: batch 64 × 64 nodes
+    assert _threads.threads_for_work(2, 1024 * 256) == 2
+    saved = torch.get_num_threads()
+    try:
+        _threads.apply_threads(2)  # explicit: kept
+        assert _threads.fit_to_work(10) == 2 and torch.get_num_threads() == 2
+        _threads.apply_threads(0)  # automatic: lowered for a small run
+        assert _threads.fit_to_work(10) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)

@@ -176,14 +176,45 @@ def resolve_threads(threads: int) -> int:
     return threads or default_threads()
 
 
+#: whether the current thread count was chosen automatically (``--threads 0``)
+_auto = False
+
+#: values per training step (batch × width nodes × channels) below which one intra-op thread
+#: is faster than several: the parallel regions of such small operations cost more than they
+#: split (digits, 64 × 64 × 1: an epoch took 3× as long with 2 threads as with 1, idle 2 cores)
+SMALL_WORK = 1 << 16
+
+
 def apply_threads(threads: int = 0) -> int:
     """Set torch's intra-op threads to :func:`resolve_threads` ``(threads)``; returns the count.
     """
     import torch
 
+    global _auto
     n = resolve_threads(threads)
+    _auto = threads == 0
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    return n
+
+
+def threads_for_work(threads: int, work: int) -> int:
+    """The thread count for a run of ``work`` values per step: 1 below :data:`SMALL_WORK`,
+    else ``threads``."""
+    return 1 if work < SMALL_WORK else threads
+
+
+def fit_to_work(work: int) -> int:
+    """Lower an automatically chosen thread count (``--threads 0``) for a small run
+    (:func:`threads_for_work`); an explicit ``--threads N`` is kept. Returns the count."""
+    import torch
+
+    n = torch.get_num_threads()
+    if _auto:
+        m = threads_for_work(n, work)
+        if m != n:
+            torch.set_num_threads(m)
+        return m
     return n
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _threads
 from .._outputs import MARKER, Output, atomic_write_bytes, is_temp_name, remove_temp_files
 from ..config import Config
 from ..data import Dataset, load_dataset_config
@@ -197,6 +198,10 @@ def _run(cfg: Config, out: Path, resume: bool, progress: bool, plots: bool, over
             torch.manual_seed(cfg.seed)
             trainer = make_trainer(cfg, ds, checkpoint_path=ckpt,
                                    log_path=work / "metrics.jsonl", progress=progress, dist=dist)
+            # --threads 0 on a small problem: one thread (parallel regions cost more there)
+            grid = trainer.net.grid(trainer.disc.width)
+            _threads.fit_to_work(cfg.train.batch_size * grid.n
+                                 * getattr(trainer.net.controls, "channels", 1))
             state = None
             if fresh:
                 _clear_work(work, str(out))
