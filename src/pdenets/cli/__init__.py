@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         # and probed before computing
         with _limits.allow_large(bool(getattr(args, "allow_large", False))), \
                 claimed_output(args):
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        _leave_torchrun_worker(code)
+        return code
     except PdenetsError as e:
         print(f"pdenets: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
@@ -128,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if torch.get_num_threads() != saved_threads:
             torch.set_num_threads(saved_threads)
+
+
+def _leave_torchrun_worker(code: int) -> None:
+    """A ``torchrun`` worker (``WORLD_SIZE`` > 1) that ran its process group ends here, without
+    the interpreter's C++ teardown (:func:`pdenets.training.distributed.leave`)."""
+    from ..training import distributed as _distributed
+
+    if _distributed.env_world() > 1:
+        _distributed.leave(code)
 
 
 def _one_line(msg: str) -> str:

@@ -41,6 +41,7 @@ a supported ``train.level_method`` (each level trains with that method, data-par
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import pickle
@@ -69,6 +70,22 @@ def _dist():
     import torch.distributed as dist
 
     return dist
+
+
+#: whether this process created (and closed) a process group
+_GROUP_USED = False
+
+
+def leave(code: int) -> None:
+    """End a process that ran a process group with exit status ``code``, without the C++
+    teardown of interpreter exit: gloo's threads, torn down there, aborted a worker now and
+    then ("terminate called without an active exception", SIGABRT) after its run had finished
+    and written everything. Does nothing (returns) in a process that used no group."""
+    if not _GROUP_USED:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -203,12 +220,16 @@ class Distributed:
         return cls(rank, world, local_rank=local_rank, backend=backend, owns_group=True)
 
     def close(self) -> None:
-        """Destroy the process group if :meth:`init` created it."""
+        """Destroy the process group if :meth:`init` created it, and collect what still refers
+        to it (see :func:`leave`)."""
         if self.owns_group:
+            global _GROUP_USED
+            _GROUP_USED = True
             dist = _dist()
             if dist.is_initialized():
                 dist.destroy_process_group()
             self.owns_group = False
+            gc.collect()
 
     def check(self, trainer: Trainer) -> None:
         """Refuse a trainer this context cannot run (see :func:`check_method`)."""
@@ -386,10 +407,14 @@ def _worker(rank: int, world: int, tmp: str, device: str, threads: int | None,
             (Path(tmp) / "result.pkl").write_bytes(pickle.dumps(result))
     except PdenetsError as e:
         (Path(tmp) / f"error{rank}.pkl").write_bytes(pickle.dumps(e))
+        if ctx is not None:
+            ctx.close()
+        leave(2)
         sys.exit(2)
     finally:
         if ctx is not None:
             ctx.close()
+    leave(0)
 
 
 def spawn(fn: Callable[..., Any], nproc: int, *args: Any, device: str = "cpu") -> Any:
