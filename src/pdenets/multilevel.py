@@ -157,17 +157,20 @@ def _coarse_size(s: int, f: int, basis: str = "linear") -> int:
 def _solver_levels(cfg: Config) -> list[Config]:
     """Level configurations that differ in solver, method and epochs only (``level_coarsen =
     none``, also for data given as tensors: no dataset is needed)."""
-    t = cfg.train
     epochs = level_epochs(cfg)
-    out = []
-    for ell in range(t.levels):
-        c = copy.deepcopy(cfg)
-        if t.level_solver and ell < t.levels - 1:
-            c.model.solver = t.level_solver
-        c.train.method = t.level_method
-        c.train.epochs = epochs[ell]
-        out.append(c)
-    return out
+    return [_level_settings(copy.deepcopy(cfg), cfg, ell, epochs)
+            for ell in range(cfg.train.levels)]
+
+
+def _level_settings(c: Config, cfg: Config, ell: int, epochs: list[int]) -> Config:
+    """``c`` (a copy of ``cfg``) with what every level ``ell`` sets: the coarse levels' solver
+    ``train.level_solver``, the method ``train.level_method`` and the level's epochs."""
+    t = cfg.train
+    if t.level_solver and ell < t.levels - 1:
+        c.model.solver = t.level_solver
+    c.train.method = t.level_method
+    c.train.epochs = epochs[ell]
+    return c
 
 
 def _resolve(net: ContinuumNetwork, lcfg: Config) -> ContinuumNetwork:
@@ -202,16 +205,12 @@ def level_configs(cfg: Config, ds) -> list[Config]:
             m.width = width[0]
         if what in ("all", "discretization", "depth"):
             m.steps = max(1, math.ceil(cfg.model.steps / f))
-        if t.level_solver and ell < L - 1:
-            m.solver = t.level_solver
         if what in ("all", "controls"):
             m.control_size = _coarse_size(ctrl[0], f, cfg.model.space_basis)
             m.intervals = max(1, math.ceil(cfg.model.intervals / f))
         else:
             m.control_size = ctrl[0]
-        c.train.method = t.level_method
-        c.train.epochs = epochs[ell]
-        out.append(c)
+        out.append(_level_settings(c, cfg, ell, epochs))
     return out
 
 
@@ -285,7 +284,7 @@ class MultilevelMethod(Method):
     def attach(self, trainer: Trainer) -> None:
         net = trainer.net
         if self.same_representation:  # a given network: its own width and steps (a copy:
-            net = _resolve(copy.deepcopy(net), self.level_cfgs[0])  # the caller's stays as is)
+            net = self._template(0, net)  # the caller's stays as it is)
         self._set_level(trainer, 0, net)
 
     # -- levels -----------------------------------------------------------------------------
@@ -318,8 +317,7 @@ class MultilevelMethod(Method):
 
     def _advance(self, trainer: Trainer) -> None:
         if self.same_representation:  # the same functions: only the solver changes
-            self._set_level(trainer, self.level + 1,
-                            _resolve(copy.deepcopy(trainer.net), self.level_cfgs[self.level + 1]))
+            self._set_level(trainer, self.level + 1, self._template(self.level + 1, trainer.net))
             return
         tmpl = self._template(self.level + 1)
         tctrl = tmpl.controls
