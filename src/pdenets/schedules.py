@@ -59,8 +59,9 @@ class KernelSchedule:
         return _StageTable(self, stages, chunk)
 
 
-#: index and weight tensors of the stage tables, by (stage keys, device): the same fixed-step
-#: discretization asks for the same ones at every forward (no host-to-device copy then)
+#: the (U × K) interpolation matrices of the stage tables, by (stage keys, device, dtype,
+#: knots): the same fixed-step discretization asks for the same one at every forward (no
+#: host-to-device copy then)
 _TABLE_INDEX: dict = {}
 
 
